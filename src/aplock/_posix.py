@@ -1,0 +1,263 @@
+"""The only module that talks to ``posix_ipc``: every platform quirk lives here.
+
+- Objects are created race-free (``O_CREAT|O_EXCL`` first, then open) with exactly the
+  requested mode (the umask is undone with ``chmod``).
+- Errors become aplock errors that name the lock; no ``posix_ipc`` exception escapes.
+- Blocking waits are bounded slices. posix_ipc turns ``EINTR`` into ``SignalError`` and
+  swallows any exception a Python signal handler raised; so on the main thread signals
+  are blocked during a slice and run right after it, where a handler's own exception
+  propagates normally. Where ``sem_timedwait`` is missing (macOS), waits poll
+  ``sem_trywait`` with a short sleep instead.
+- The guard is a POSIX record lock (``lockf``) on the state record: the kernel drops it
+  when its holder dies, so it can never wedge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import signal
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, TypeVar
+
+import posix_ipc
+
+from .errors import LockError, LockPermissionError, LockUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+T = TypeVar("T")
+
+BusyError = posix_ipc.BusyError
+Semaphore = posix_ipc.Semaphore
+
+#: Whether semaphore names are limited to 31 characters (macOS and other BSDs).
+SHORT_NAMES = not sys.platform.startswith("linux")
+HAS_TIMEDWAIT = posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED and sys.platform != "darwin"
+HAS_VALUE = posix_ipc.SEMAPHORE_VALUE_SUPPORTED
+SHM_DIR = "/dev/shm"
+#: Poll interval where ``sem_timedwait`` is missing.
+POLL = 0.002
+
+_FAULTS = {
+    getattr(signal, n)
+    for n in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS")
+    if hasattr(signal, n)
+}
+_BLOCKABLE = signal.valid_signals() - _FAULTS - {signal.SIGKILL, signal.SIGSTOP}
+
+
+def _os_error(name: str, exc: BaseException, what: str) -> LockError:
+    """Translate an OS or posix_ipc failure while doing *what* into an aplock error."""
+    if isinstance(exc, posix_ipc.PermissionsError | PermissionError):
+        return LockPermissionError(
+            name,
+            f"permission denied while {what}: its OS objects belong to another user or were "
+            "created with a narrower mode. Use a different name, or have the owner create it "
+            "with mode=0o660/0o666 for deliberate sharing.",
+            errno.EACCES,
+        )
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.ENOMEM):
+        hint = f"{SHM_DIR} is full: free space there (or enlarge it) and retry"
+    elif code in (errno.ENOENT, errno.ENOSYS, errno.ENOTDIR):
+        hint = (
+            f"POSIX shared memory is not available ({SHM_DIR} missing?): mount a tmpfs on "
+            f"{SHM_DIR}, or in a container run with a shared-memory mount"
+        )
+    elif code in (errno.EMFILE, errno.ENFILE):
+        hint = "too many open files: close unused locks or raise the file-descriptor limit"
+    else:
+        hint = "the operating system refused; check the message below and retry"
+    return LockUnavailableError(name, f"{what} failed: {hint} ({exc})", code)
+
+
+def _chmod_semaphore(posix_name: str, mode: int) -> None:
+    path = f"{SHM_DIR}/sem.{posix_name[1:]}"
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(path, mode)
+
+
+def open_semaphore(name: str, posix_name: str, mode: int, initial: int) -> posix_ipc.Semaphore:
+    """Create the semaphore with *initial* value and *mode*, or open it if it exists."""
+    try:
+        try:
+            sem = posix_ipc.Semaphore(posix_name, posix_ipc.O_CREX, mode, initial)
+        except posix_ipc.ExistentialError:
+            return posix_ipc.Semaphore(posix_name, 0)
+    except (posix_ipc.Error, OSError, ValueError) as exc:
+        raise _os_error(name, exc, "opening its semaphore") from None
+    if not SHORT_NAMES:
+        _chmod_semaphore(posix_name, mode)
+    return sem
+
+
+def open_record(name: str, posix_name: str, mode: int, size: int) -> tuple[int, mmap.mmap, int]:
+    """Create or open the shared-memory record; return ``(fd, map, owner uid)``."""
+    try:
+        try:
+            shm = posix_ipc.SharedMemory(posix_name, posix_ipc.O_CREX, mode, size)
+            os.fchmod(shm.fd, mode)
+        except posix_ipc.ExistentialError:
+            shm = posix_ipc.SharedMemory(posix_name, 0)
+        fd = shm.fd
+        st = os.fstat(fd)
+        if st.st_size < size:
+            # The creator has not sized it yet; growing it to the same size is idempotent.
+            os.ftruncate(fd, size)
+        return fd, mmap.mmap(fd, size), st.st_uid
+    except (posix_ipc.Error, OSError, ValueError) as exc:
+        raise _os_error(name, exc, "opening its state record") from None
+
+
+def close(name: str, sems: tuple[posix_ipc.Semaphore, ...], fd: int, mm: mmap.mmap) -> None:
+    """Close this process's handles (the objects themselves stay)."""
+    try:
+        mm.close()
+        os.close(fd)
+        for sem in sems:
+            sem.close()
+    except (posix_ipc.Error, OSError) as exc:
+        raise _os_error(name, exc, "closing it") from None
+
+
+def unlink(name: str, posix_names: tuple[str, str, str]) -> bool:
+    """Remove the lock's OS objects; return whether any existed."""
+    sem, token, record = posix_names
+    found = False
+    steps: tuple[tuple[Callable[[str], None], str], ...] = (
+        (posix_ipc.unlink_semaphore, sem),
+        (posix_ipc.unlink_semaphore, token),
+        (posix_ipc.unlink_shared_memory, record),
+    )
+    for fn, posix_name in steps:
+        try:
+            fn(posix_name)
+            found = True
+        except posix_ipc.ExistentialError:
+            pass
+        except (posix_ipc.Error, OSError) as exc:
+            raise _os_error(name, exc, "unlinking it") from None
+    return found
+
+
+def value(sem: posix_ipc.Semaphore) -> int | None:
+    """The semaphore's value, or ``None`` where the platform cannot tell."""
+    return sem.value if HAS_VALUE else None
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _handled_signal_pending() -> bool:
+    return any(callable(signal.getsignal(s)) for s in signal.sigpending())
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """On the main thread, hold back signals for the block; their handlers run after it."""
+    if not _on_main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKABLE)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def wait_then(
+    sem: posix_ipc.Semaphore, seconds: float, then: Callable[[], T], undo: Callable[[T], None]
+) -> T | None:
+    """Wait up to *seconds* for *sem*; if it is taken, return ``then()``, else ``None``.
+
+    ``then`` runs with signals still deferred, so the acquisition is recorded before any
+    signal handler can interrupt; if a handler then raises, ``undo(result)`` gives the
+    acquisition back before the exception propagates. A handler that returns normally
+    just shortens this slice: the caller's loop goes on waiting.
+    """
+    if not HAS_TIMEDWAIT:
+        return _poll_then(sem, seconds, then)
+    if not _on_main_thread():
+        try:
+            sem.acquire(seconds)
+        except (BusyError, posix_ipc.SignalError):
+            return None
+        return then()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKABLE)
+    result: T | None = None
+    try:
+        try:
+            sem.acquire(seconds)
+        except (BusyError, posix_ipc.SignalError):
+            return None
+        if _handled_signal_pending():
+            sem.release()  # give it back: a handler is about to run and may raise
+            return None
+        result = then()
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        except BaseException:
+            if result is not None:
+                undo(result)
+            raise
+    return result
+
+
+def _poll_then(sem: posix_ipc.Semaphore, seconds: float, then: Callable[[], T]) -> T | None:
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            sem.acquire(0)
+        except BusyError:
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(POLL, left))  # signal handlers run here, as for any sleep
+            continue
+        return then()
+
+
+class Guard:
+    """A short critical section shared by every thread and process using one lock.
+
+    A thread lock serializes this process's threads; a ``lockf`` record lock on the
+    state record's descriptor serializes processes and is released by the kernel if its
+    holder dies. Signals are deferred on the main thread while it is held.
+    """
+
+    __slots__ = ("_fd", "_name", "_thread_lock")
+
+    def __init__(self, name: str, fd: int) -> None:
+        self._name = name
+        self._fd = fd
+        self._thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the guard for the body of a ``with`` block."""
+        with signals_deferred(), self._thread_lock:
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise _os_error(self._name, exc, "taking its guard") from None
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+
+def record_entries() -> list[str]:
+    """Names of the aplock state records in ``/dev/shm`` (Linux; empty elsewhere)."""
+    try:
+        return sorted(os.listdir(SHM_DIR))
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,299 @@
+"""``aplock.Lock``: a cross-process lock with the semantics of ``multiprocessing.Lock``.
+
+Knows nothing of async; ``aplock.aio.AsyncLock`` composes it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import _handle, _posix, _state
+from ._deadline import Deadline, normalize_timeout
+from ._names import posix_names, validate
+from ._process import identity_of, is_proven_dead
+from .errors import AbandonedLockWarning
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Self
+
+__all__ = ["Acquisition", "Lock", "LockInfo", "unlink"]
+
+_BusyError = _posix.BusyError
+_HAS_VALUE = _posix.HAS_VALUE
+_PID_WORD = _state.PID_WORD
+
+#: Default seconds between checks, while waiting, of whether the holder has died.
+RECOVERY_INTERVAL = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Acquisition:
+    """What an object's latest successful ``acquire()`` got.
+
+    Attributes:
+        generation: the fencing token: strictly greater than that of every earlier
+            acquisition of the lock on this host. Pass it along with work guarded by
+            the lock so that the resource can reject a holder that was presumed dead.
+        abandoned_pid: the pid of a holder that died holding the lock, if this
+            acquisition took it over (``None`` for an ordinary acquisition).
+    """
+
+    generation: int
+    abandoned_pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """A snapshot of a lock's state, for inspection (see ``Lock.info``).
+
+    Attributes:
+        name: the lock's name.
+        locked: whether it is held.
+        holder_pid: pid recorded as the holder (``None`` if none; ``-1`` if detached
+            by ``hand_off()``).
+        holder_alive: whether that process is alive (``None`` when there is none or it
+            cannot be told, e.g. another pid namespace).
+        held_for: seconds since the current holder acquired it (``None`` if free).
+        generation: the fencing token of the latest acquisition.
+        recoveries: how many times a dead holder's lock was taken over.
+    """
+
+    name: str
+    locked: bool
+    holder_pid: int | None
+    holder_alive: bool | None
+    held_for: float | None
+    generation: int
+    recoveries: int
+
+
+class Lock:
+    """A non-recursive lock shared by every process of this user that opens the same name.
+
+    It behaves exactly like ``multiprocessing.Lock`` (any thread or process may
+    release it; releasing an unlocked lock raises ``ValueError``), but unrelated
+    processes open it by name, it pickles by name, and a holder that dies does not
+    wedge it: a waiter takes it over within about ``recovery_interval`` seconds and
+    is told with an ``AbandonedLockWarning``.
+
+    Args:
+        name: any non-empty string; the same name is the same lock host-wide.
+        mode: permission bits for the lock's OS objects when this call creates them.
+            The default ``0o600`` keeps other users out; widen it (``0o660``,
+            ``0o666``) only to share the lock with other users deliberately.
+        recovery_interval: seconds between checks, while waiting, of whether the
+            holder has died; ``None`` never takes a dead holder's lock over.
+
+    Raises:
+        TypeError: *name* is not a string.
+        ValueError: *name* is empty.
+        LockPermissionError: the lock exists but belongs to another user.
+        LockUnavailableError: the OS cannot provide it (``/dev/shm`` missing or full).
+
+    Example:
+        >>> import aplock
+        >>> with aplock.Lock("docs.example") as lock:
+        ...     lock.locked()
+        True
+        >>> aplock.unlink("docs.example")
+        True
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        mode: int = _handle.DEFAULT_MODE,
+        recovery_interval: float | None = RECOVERY_INTERVAL,
+    ) -> None:
+        self._name = validate(name)
+        if recovery_interval is not None and not recovery_interval > 0:
+            raise ValueError(f"recovery_interval must be > 0 or None, not {recovery_interval!r}")
+        self._mode = mode
+        self._recovery_interval = recovery_interval
+        handle = _handle.acquire_handle(name, mode)
+        self._h: _handle.Handle | _handle.ClosedHandle = handle
+        self._finalizer = weakref.finalize(self, _handle.release_handle, handle)
+        # Like threading.Condition: bind the hot method straight to the shared handle.
+        self.release = handle.release  # type: ignore[method-assign]
+
+    @property
+    def name(self) -> str:
+        """The name the lock was opened with."""
+        return self._name
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock, as ``multiprocessing.Lock.acquire`` does.
+
+        Args:
+            block: with ``False``, never wait (and ignore *timeout*).
+            timeout: the most seconds to wait; ``None`` waits forever, a negative
+                value means zero.
+
+        Returns:
+            ``True`` if the lock was acquired, ``False`` if the time ran out.
+        """
+        h = self._h
+        if block or not (h.sem.value == 0 if _HAS_VALUE else h.words[_PID_WORD]):
+            try:
+                h.sem.acquire(0)
+            except _BusyError:
+                pass
+            else:
+                h.publish()
+                return True
+        wait = normalize_timeout(block, timeout)
+        if wait == 0.0:
+            return False
+        return self._wait(Deadline.after(wait), None)
+
+    def _wait(self, deadline: Deadline, cancelled: Callable[[], bool] | None) -> bool:
+        """The blocking part of acquire: wait in slices until taken, expired or cancelled."""
+        h = self._h
+        interval = self._recovery_interval
+        check_at = time.monotonic() + interval if interval is not None else None
+        while True:
+            if h.wait(deadline.slice()) is not None:
+                return True
+            if cancelled is not None and cancelled():
+                return False
+            now = time.monotonic()
+            if check_at is not None and now >= check_at:
+                check_at = now + interval  # type: ignore[operator]
+                takeover = h.recover()
+                if takeover is not None:
+                    self._took_over(takeover)
+                    return True
+            if deadline.expired(now=now):
+                return False
+
+    def _took_over(self, takeover: _handle.Takeover) -> None:
+        if not takeover.dead_pid:
+            return
+        try:
+            warnings.warn(
+                AbandonedLockWarning(self._name, takeover.dead_pid, takeover.dead_generation),
+                stacklevel=4,
+            )
+        except BaseException:
+            self.release()  # warnings turned into errors: the caller does not hold it
+            raise
+
+    def release(self) -> None:
+        """Release the lock. Any thread or process may release it.
+
+        Raises:
+            LockNotHeldError: (a ``ValueError``) nobody holds the lock.
+        """
+        self._h.release()
+
+    def locked(self) -> bool:
+        """Whether some thread or process holds the lock now."""
+        return self._h.locked()
+
+    @property
+    def acquisition(self) -> Acquisition | None:
+        """The current acquisition's fencing token and recovery status (``None`` if free).
+
+        Read it while you hold the lock: it is then your acquisition.
+        """
+        h = self._h
+        if not h.locked():
+            return None
+        snap = h.snapshot()
+        abandoned = snap.abandoned_pid if snap.recovered_generation == snap.generation else None
+        return Acquisition(snap.generation, abandoned)
+
+    def hand_off(self, pid: int | None = None) -> None:
+        """Record another process (or nobody) as the holder of the current acquisition.
+
+        A holder that is going to exit and leave the release to another process calls
+        this first, so that its exit is not taken for death while holding the lock:
+        with *pid*, that process becomes the recorded holder (and is watched instead);
+        with ``None`` the lock is detached and never taken over, whoever dies.
+
+        Raises:
+            LockNotHeldError: nobody holds the lock.
+        """
+        self._h.hand_off(None if pid is None else identity_of(pid))
+
+    def info(self) -> LockInfo:
+        """A snapshot of the lock's state: holder, whether it is alive, generation."""
+        h = self._h
+        snap = h.snapshot()
+        locked = h.locked()
+        pid = snap.pid if locked and snap.pid != 0 else None
+        alive = None if pid is None or pid < 0 else not is_proven_dead(snap.holder)
+        held_for = max(time.time() - snap.acquired_at, 0.0) if pid is not None else None
+        return LockInfo(self._name, locked, pid, alive, held_for, snap.generation, snap.recoveries)
+
+    def close(self) -> None:
+        """Drop this object's use of the process's handle; other processes are unaffected.
+
+        Closing does not release the lock. Using the object afterwards raises
+        ``LockClosedError``. Idempotent.
+        """
+        if isinstance(self._h, _handle.Handle):
+            self._h = _handle.ClosedHandle(self._name)
+            del self.release
+            self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return isinstance(self._h, _handle.ClosedHandle)
+
+    def unlink(self) -> bool:
+        """Remove the lock's OS objects (see ``aplock.unlink``)."""
+        return unlink(self._name)
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self._name, self._mode, self._recovery_interval))
+
+    def __repr__(self) -> str:
+        h = self._h
+        if isinstance(h, _handle.ClosedHandle):
+            return f"<aplock.Lock {self._name!r} closed>"
+        snap = h.snapshot()
+        if not h.locked():
+            state = "unlocked"
+        elif snap.pid > 0:
+            state = f"locked by pid {snap.pid}"
+        elif snap.pid < 0:
+            state = "locked (detached)"
+        else:
+            state = "locked"
+        return f"<aplock.Lock {self._name!r} {state}, generation {snap.generation}>"
+
+
+def _rebuild(name: str, mode: int, recovery_interval: float | None) -> Lock:
+    return Lock(name, mode=mode, recovery_interval=recovery_interval)
+
+
+def unlink(name: str) -> bool:
+    """Remove the OS objects of lock *name*; return whether there were any.
+
+    A missing lock is not an error. Only call this when no process uses the lock any
+    more: processes that have it open keep the old objects, while later openers get
+    new ones, so the two groups would no longer exclude each other.
+    """
+    names = posix_names(validate(name), short=_posix.SHORT_NAMES)
+    return _posix.unlink(name, (names.semaphore, names.token, names.record))
