@@ -5,6 +5,7 @@
 """
 
 from ._version import __version__
+from .aio import AsyncLock
 from .errors import (
     AbandonedLockWarning,
     LockClosedError,
@@ -19,6 +20,7 @@ from .sync import Acquisition, Lock, LockInfo, unlink
 __all__ = [
     "AbandonedLockWarning",
     "Acquisition",
+    "AsyncLock",
     "Lock",
     "LockClosedError",
     "LockError",

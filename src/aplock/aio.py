@@ -1,0 +1,248 @@
+"""``aplock.AsyncLock``: the cross-process lock for ``async with``, on asyncio and Trio.
+
+Written once on AnyIO. It composes a sync ``Lock`` (sharing the process's one OS handle
+for the name) and adds what waiting inside an event loop needs:
+
+- **No thread for a free lock.** ``acquire()`` checkpoints, then tries the semaphore on
+  the event-loop thread; only a contended acquire touches a thread.
+- **One waiting thread per lock per event loop.** The tasks of one loop that wait for
+  one lock queue FIFO on an in-loop gate; only the task at its head waits on the OS
+  semaphore, in a worker thread drawn through aplock's own capacity limiter, never
+  AnyIO's default one (which FastAPI's sync endpoints share).
+- **Cancellation never leaks the lock.** The worker waits in short slices and checks a
+  flag that the task sets when it is cancelled; the task waits for its worker to end,
+  and if the worker won the lock after all, the task releases it before re-raising.
+  So no worker outlives its task by more than one slice, and ``asyncio.run`` and
+  ``trio.run`` shut down promptly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+from anyio import WouldBlock
+
+from ._deadline import Deadline, normalize_timeout
+from ._handle import DEFAULT_MODE
+from .sync import RECOVERY_INTERVAL, Acquisition, Lock, LockInfo
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Self
+
+__all__ = ["AsyncLock"]
+
+
+class _Gate:
+    """The tasks of one event loop that wait for one lock: FIFO, one worker thread."""
+
+    __slots__ = ("limiter", "queue", "waiting")
+
+    def __init__(self) -> None:
+        self.queue = anyio.Lock()
+        self.limiter = anyio.CapacityLimiter(1)
+        self.waiting = 0
+
+
+# name -> event loop (asyncio loop or Trio token) -> gate
+_gates: dict[str, weakref.WeakKeyDictionary[object, _Gate]] = {}
+_gates_lock = threading.Lock()
+
+
+def _current_loop() -> object:
+    loop = asyncio._get_running_loop()
+    return loop if loop is not None else anyio.lowlevel.current_token().native_token
+
+
+def _gate(name: str) -> _Gate:
+    loop = _current_loop()
+    per_loop = _gates.get(name)
+    if per_loop is not None:
+        gate = per_loop.get(loop)
+        if gate is not None:
+            return gate
+    with _gates_lock:
+        per_loop = _gates.setdefault(name, weakref.WeakKeyDictionary())
+        gate = per_loop.get(loop)
+        if gate is None:
+            gate = per_loop[loop] = _Gate()
+        return gate
+
+
+def _forget_gates() -> None:
+    global _gates_lock
+    _gates_lock = threading.Lock()
+    _gates.clear()
+
+
+os.register_at_fork(after_in_child=_forget_gates)
+
+
+async def _set_when_cancelled(flag: threading.Event) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        flag.set()
+
+
+class AsyncLock:
+    """The cross-process lock for ``async with``, under asyncio and Trio alike.
+
+    ``AsyncLock("x")`` and ``Lock("x")`` are the same lock; in one process they share
+    one OS handle. Outer cancellation (``task.cancel()``, ``asyncio.timeout``,
+    ``anyio.fail_after``, ``trio.move_on_after``) interrupts a waiting ``acquire()``
+    within a slice (about 50 ms) and never leaves the lock held by nobody.
+
+    It may be created outside an event loop and used from several loops (in several
+    threads) at once.
+
+    Args:
+        name_or_lock: a lock name, or a sync ``Lock`` to share.
+        mode: as for ``Lock`` (ignored when a ``Lock`` is given).
+        recovery_interval: as for ``Lock`` (ignored when a ``Lock`` is given).
+
+    Example:
+        >>> import anyio, aplock
+        >>> async def main() -> None:
+        ...     async with aplock.AsyncLock("docs.async") as lock:
+        ...         print(lock.locked())
+        >>> anyio.run(main)
+        True
+        >>> aplock.unlink("docs.async")
+        True
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(
+        self,
+        name_or_lock: str | Lock,
+        *,
+        mode: int = DEFAULT_MODE,
+        recovery_interval: float | None = RECOVERY_INTERVAL,
+    ) -> None:
+        if isinstance(name_or_lock, Lock):
+            self._lock = name_or_lock
+        else:
+            self._lock = Lock(name_or_lock, mode=mode, recovery_interval=recovery_interval)
+
+    @property
+    def lock(self) -> Lock:
+        """The sync ``Lock`` this shares its cross-process handle with."""
+        return self._lock
+
+    @property
+    def name(self) -> str:
+        """The lock's name."""
+        return self._lock.name
+
+    async def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock; the meaning of *block* and *timeout* is ``Lock.acquire``'s.
+
+        Always a checkpoint: it yields to the event loop and raises if cancelled,
+        even when the lock is free.
+
+        Returns:
+            ``True`` if acquired, ``False`` if the time ran out.
+        """
+        await anyio.lowlevel.checkpoint()
+        lock = self._lock
+        gate = _gate(lock.name)
+        if not gate.waiting and lock.acquire(False):
+            return True
+        wait = normalize_timeout(block, timeout)
+        if wait == 0.0:
+            return False
+        return await self._wait(gate, Deadline.after(wait))
+
+    def acquire_nowait(self) -> None:
+        """Acquire the lock without waiting.
+
+        Raises:
+            anyio.WouldBlock: the lock is held.
+        """
+        if not self._lock.acquire(False):
+            raise WouldBlock
+
+    async def _wait(self, gate: _Gate, deadline: Deadline) -> bool:
+        gate.waiting += 1
+        try:
+            with anyio.move_on_after(_seconds(deadline)):
+                async with gate.queue:
+                    if self._lock.acquire(False):
+                        return True
+                    return await self._wait_in_thread(gate, deadline)
+            return False
+        finally:
+            gate.waiting -= 1
+
+    async def _wait_in_thread(self, gate: _Gate, deadline: Deadline) -> bool:
+        cancelled = threading.Event()
+        acquired = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_set_when_cancelled, cancelled)
+                acquired = await anyio.to_thread.run_sync(
+                    self._lock._wait, deadline, cancelled.is_set, limiter=gate.limiter
+                )
+                tg.cancel_scope.cancel()
+        except BaseException:
+            if acquired:
+                self._lock.release()
+            raise
+        return acquired
+
+    def release(self) -> None:
+        """Release the lock (synchronous, like ``asyncio.Lock.release``).
+
+        Raises:
+            LockNotHeldError: (a ``ValueError``) nobody holds the lock.
+        """
+        self._lock.release()
+
+    def locked(self) -> bool:
+        """Whether some task, thread or process holds the lock now."""
+        return self._lock.locked()
+
+    @property
+    def acquisition(self) -> Acquisition | None:
+        """See ``Lock.acquisition``."""
+        return self._lock.acquisition
+
+    def info(self) -> LockInfo:
+        """See ``Lock.info``."""
+        return self._lock.info()
+
+    def statistics(self) -> dict[str, Any]:
+        """Tasks of the current event loop waiting for this lock, and whether it is held."""
+        return {"locked": self.locked(), "tasks_waiting": _gate(self.name).waiting}
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AsyncLock, (self._lock,))
+
+    def __repr__(self) -> str:
+        return repr(self._lock).replace("<aplock.Lock", "<aplock.AsyncLock", 1)
+
+
+def _seconds(deadline: Deadline) -> float:
+    left = deadline.remaining()
+    return float("inf") if left is None else left
