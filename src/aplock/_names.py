@@ -39,7 +39,7 @@ def validate(name: object) -> str:
 def digest(name: str) -> str:
     """The 20-character, lower-case base32 digest that identifies *name*."""
     raw = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=_DIGEST_BYTES)
-    return base64.b32encode(raw.digest()).decode("ascii").lower()
+    return base64.b32encode(raw.digest()).decode("ascii").rstrip("=").lower()
 
 
 def slug(name: str, limit: int = SLUG_MAX) -> str:

@@ -152,6 +152,21 @@ def value(sem: posix_ipc.Semaphore) -> int | None:
     return sem.value if HAS_VALUE else None
 
 
+def peek_values(lock_name: str, token_name: str) -> tuple[int, int] | None:
+    """Values of an existing lock's two semaphores, without creating them (inspection)."""
+    if not HAS_VALUE:
+        return None
+    try:
+        sems = [posix_ipc.Semaphore(lock_name, 0), posix_ipc.Semaphore(token_name, 0)]
+    except (posix_ipc.Error, OSError, ValueError):
+        return None
+    try:
+        return sems[0].value, sems[1].value
+    finally:
+        for sem in sems:
+            sem.close()
+
+
 def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
