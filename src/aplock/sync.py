@@ -105,6 +105,8 @@ class Lock:
         True
     """
 
+    __slots__ = ("__weakref__", "_finalizer", "_h", "_mode", "_name", "_recovery_interval")
+
     def __init__(
         self,
         name: str,
@@ -120,8 +122,6 @@ class Lock:
         handle = _handle.acquire_handle(name, mode)
         self._h: _handle.Handle | _handle.ClosedHandle = handle
         self._finalizer = weakref.finalize(self, _handle.release_handle, handle)
-        # Like threading.Condition: bind the hot method straight to the shared handle.
-        self.release = handle.release  # type: ignore[method-assign]
 
     @property
     def name(self) -> str:
@@ -241,7 +241,6 @@ class Lock:
         """
         if isinstance(self._h, _handle.Handle):
             self._h = _handle.ClosedHandle(self._name)
-            del self.release
             self._finalizer()
 
     @property

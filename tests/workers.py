@@ -1,0 +1,92 @@
+"""Functions that run in child processes (importable by name, so spawn can find them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import aplock
+
+
+def hold(name: str, acquired: Any, release: Any | None = None, timeout: float = 60) -> None:
+    """Acquire *name*, set *acquired*, then hold until *release* is set (or forever)."""
+    lock = aplock.Lock(name)
+    lock.acquire()
+    acquired.set()
+    if release is None:
+        time.sleep(3600)
+    else:
+        release.wait(timeout)
+        lock.release()
+
+
+def acquire_and_exit(name: str) -> None:
+    """Acquire *name* and exit without releasing."""
+    aplock.Lock(name).acquire()
+    os._exit(0)
+
+
+def try_acquire(name: str, timeout: float, out: Any) -> None:
+    """Put the result of ``acquire(timeout=timeout)`` on *out*, then release if acquired."""
+    lock = aplock.Lock(name)
+    with_warning = False
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = lock.acquire(timeout=timeout)
+        with_warning = any(isinstance(w.message, aplock.AbandonedLockWarning) for w in caught)
+    out.put((os.getpid(), got, with_warning))
+    if got:
+        lock.release()
+
+
+def release(name: str, out: Any) -> None:
+    """Release *name* from this process; put ``"ok"`` or the error's type name on *out*."""
+    try:
+        aplock.Lock(name).release()
+    except aplock.LockError as exc:
+        out.put(type(exc).__name__)
+    else:
+        out.put("ok")
+
+
+def use_pickled(lock: aplock.Lock, out: Any) -> None:
+    """Report the unpickled lock's name and state, then take and release it."""
+    out.put((lock.name, lock.locked()))
+    ok = lock.acquire(timeout=30)
+    out.put(ok)
+    if ok:
+        lock.release()
+
+
+def pool_task(lock: aplock.Lock) -> tuple[str, bool]:
+    """A ProcessPoolExecutor task: the pickled lock is the same lock."""
+    return lock.name, lock.locked()
+
+
+def increment(name: str, path: str, rounds: int, start: Any) -> None:
+    """Do *rounds* non-atomic read-modify-writes of the counter in *path* under the lock."""
+    lock = aplock.Lock(name)
+    start.wait(30)
+    for _ in range(rounds):
+        with lock:
+            with open(path, "r+") as f:
+                value = int(f.read() or 0)
+                f.seek(0)
+                f.write(str(value + 1))
+                f.truncate()
+
+
+def open_only(name: str, start: Any, out: Any) -> None:
+    """Wait for *start*, open *name*, report ``acquire(False)``."""
+    start.wait(30)
+    lock = aplock.Lock(name)
+    out.put(lock.acquire(False))
+
+
+def stop_self() -> None:
+    """SIGSTOP this process."""
+    os.kill(os.getpid(), signal.SIGSTOP)
