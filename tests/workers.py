@@ -90,3 +90,18 @@ def open_only(name: str, start: Any, out: Any) -> None:
 def stop_self() -> None:
     """SIGSTOP this process."""
     os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def racing_releaser(name: str, rounds: int, start: Any, done: Any, out: Any) -> None:
+    """Each round: wait at *start*, race a release(), wait at *done*; report winning rounds."""
+    lock = aplock.Lock(name)
+    won = []
+    for i in range(rounds):
+        start.wait()
+        try:
+            lock.release()
+            won.append(i)
+        except aplock.LockNotHeldError:
+            pass
+        done.wait()
+    out.put(won)

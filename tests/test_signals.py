@@ -1,0 +1,181 @@
+"""Signals during a blocked acquire behave as with multiprocessing.Lock.
+
+A handler that returns normally neither raises nor shortens the wait; a handler that
+raises interrupts the wait promptly with its own exception. Each case runs in a fresh
+interpreter so that it owns its main thread and signal dispositions.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PRELUDE = """
+import os, signal, sys, threading, time
+import aplock
+lock = aplock.Lock(sys.argv[1])
+lock.acquire()  # held: the acquire below blocks
+def later(delay, fn):
+    t = threading.Timer(delay, fn); t.daemon = True; t.start()
+"""
+
+
+def run(code: str, name: str) -> subprocess.CompletedProcess[str]:
+    script = PRELUDE + textwrap.dedent(code) + "\nlock.release()\naplock.unlink(sys.argv[1])\n"
+    return subprocess.run(
+        [sys.executable, "-c", script, name], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_handler_that_returns_neither_raises_nor_shortens_timeout(lock_name: str) -> None:
+    proc = run(
+        """
+        ticks = []
+        signal.signal(signal.SIGALRM, lambda *a: ticks.append(1))
+        signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
+        start = time.monotonic()
+        got = lock.acquire(timeout=0.6)
+        elapsed = time.monotonic() - start
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        print(got, elapsed >= 0.59, len(ticks) > 10)
+        """,
+        lock_name,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True", "True"]
+
+
+def test_handler_that_returns_during_an_untimed_wait(lock_name: str) -> None:
+    proc = run(
+        """
+        ticks = []
+        signal.signal(signal.SIGUSR1, lambda *a: ticks.append(1))
+        stop = threading.Event()
+        def pester():
+            while not stop.wait(0.005):
+                os.kill(os.getpid(), signal.SIGUSR1)
+        threading.Thread(target=pester, daemon=True).start()
+        later(0.5, lock.release)       # released from another thread after 0.5 s
+        start = time.monotonic()
+        got = lock.acquire()           # no timeout: must wait through the signals
+        stop.set()
+        # standard signals coalesce while deferred: at least one run per slice waited
+        print(got, time.monotonic() - start >= 0.45, len(ticks) >= 5)
+        """,
+        lock_name,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True"]
+
+
+class_error = """
+class Interrupted(Exception):
+    pass
+def raiser(*a):
+    raise Interrupted("from the handler")
+"""
+
+
+@pytest.mark.parametrize("timeout", ["None", "30"])
+def test_handler_exception_interrupts_promptly(lock_name: str, timeout: str) -> None:
+    proc = run(
+        class_error
+        + f"""
+signal.signal(signal.SIGUSR1, raiser)
+later(0.2, lambda: os.kill(os.getpid(), signal.SIGUSR1))
+start = time.monotonic()
+try:
+    lock.acquire(timeout={timeout})
+except Interrupted as exc:
+    print("Interrupted", str(exc).replace(" ", "_"), time.monotonic() - start < 2)
+# the interrupted wait took nothing: the first acquisition is the only one
+print(lock.acquire(False), lock.locked())
+""",
+        lock_name,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["Interrupted", "from_the_handler", "True", "False", "True"]
+
+
+def test_ctrl_c_raises_keyboard_interrupt(lock_name: str) -> None:
+    proc = run(
+        """
+        later(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+        start = time.monotonic()
+        try:
+            lock.acquire()
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", time.monotonic() - start < 2)
+        """,
+        lock_name,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["KeyboardInterrupt", "True"]
+
+
+def test_sigterm_handler_raising_system_exit_shuts_down(lock_name: str) -> None:
+    proc = run(
+        """
+        def stop(*a):
+            raise SystemExit(17)
+        signal.signal(signal.SIGTERM, stop)
+        later(0.2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        try:
+            lock.acquire()
+        finally:
+            lock.release()
+            aplock.unlink(sys.argv[1])
+        """,
+        lock_name,
+    )
+    assert proc.returncode == 17, proc.stderr
+
+
+def test_signal_racing_a_release_never_leaks_the_lock(lock_name: str) -> None:
+    proc = run(
+        class_error
+        + """
+signal.signal(signal.SIGUSR1, raiser)
+main = threading.main_thread().ident
+outcomes = {"acquired": 0, "interrupted": 0}
+for i in range(300):
+    go, done = threading.Event(), threading.Event()
+    delay = (i % 30) / 3000
+    def helper():
+        go.wait()
+        time.sleep(delay)
+        if i % 3 == 0:
+            lock.release(); signal.pthread_kill(main, signal.SIGUSR1)
+        elif i % 3 == 1:
+            signal.pthread_kill(main, signal.SIGUSR1); lock.release()
+        else:
+            lock.release(); time.sleep(delay); signal.pthread_kill(main, signal.SIGUSR1)
+        done.set()
+    threading.Thread(target=helper).start()
+    go.set()
+    try:
+        assert lock.acquire(timeout=5)
+        state = "acquired"
+    except Interrupted:
+        state = "interrupted"
+    while True:  # let the signal land if it has not yet (outside acquire: ignored)
+        try:
+            done.wait(5); time.sleep(0.002)
+            break
+        except Interrupted:
+            pass
+    outcomes[state] += 1
+    if state == "interrupted":
+        # an interrupted acquire holds nothing: the lock is free after the release
+        assert lock.acquire(False), "interrupted acquire leaked the lock"
+    else:
+        assert not lock.acquire(False)
+print("consistent", outcomes["acquired"] > 0, outcomes["interrupted"] > 0)
+""",
+        lock_name,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["consistent", "True", "True"]
