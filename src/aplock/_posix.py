@@ -64,6 +64,8 @@ def _os_error(name: str, exc: BaseException, what: str) -> LockError:
             errno.EACCES,
         )
     code = getattr(exc, "errno", None)
+    if isinstance(exc, posix_ipc.ExistentialError):
+        code = errno.ENOENT
     if code in (errno.ENOSPC, errno.ENOMEM):
         hint = f"{SHM_DIR} is full: free space there (or enlarge it) and retry"
     elif code in (errno.ENOENT, errno.ENOSYS, errno.ENOTDIR):
@@ -71,6 +73,8 @@ def _os_error(name: str, exc: BaseException, what: str) -> LockError:
             f"POSIX shared memory is not available ({SHM_DIR} missing?): mount a tmpfs on "
             f"{SHM_DIR}, or in a container run with a shared-memory mount"
         )
+    elif code == errno.EROFS:
+        hint = f"{SHM_DIR} is mounted read-only: mount it read-write"
     elif code in (errno.EMFILE, errno.ENFILE):
         hint = "too many open files: close unused locks or raise the file-descriptor limit"
     else:
@@ -111,6 +115,9 @@ def open_record(name: str, posix_name: str, mode: int, size: int) -> tuple[int, 
         if st.st_size < size:
             # The creator has not sized it yet; growing it to the same size is idempotent.
             os.ftruncate(fd, size)
+        if hasattr(os, "posix_fallocate"):
+            # Reserve the pages now: on a full tmpfs a write through the map would SIGBUS.
+            os.posix_fallocate(fd, 0, size)
         return fd, mmap.mmap(fd, size), st.st_uid
     except (posix_ipc.Error, OSError, ValueError) as exc:
         raise _os_error(name, exc, "opening its state record") from None
