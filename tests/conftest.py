@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -11,6 +12,9 @@ import pytest
 import aplock
 
 SHM = "/dev/shm"
+#: Tags this run's lock names, so that its checks ignore other runs on the same host.
+SESSION = uuid.uuid4().hex[:8]
+_at_start: set[str] = set()
 
 
 def aplock_objects() -> set[str]:
@@ -22,24 +26,27 @@ def aplock_objects() -> set[str]:
     return {e for e in entries if e.startswith(("aplock.", "sem.aplock."))}
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remember what was in /dev/shm before the run."""
+    _at_start.update(aplock_objects())
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_objects() -> Iterator[None]:
-    """Fail any test that leaves an aplock object behind in /dev/shm."""
+    """Fail any test that leaves an aplock object of this run behind in /dev/shm."""
     before = aplock_objects()
     yield
-    leaked = aplock_objects() - before
+    leaked = {e for e in aplock_objects() - before if SESSION in e}
     if leaked:
         for entry in leaked:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(SHM, entry))
-            except FileNotFoundError:
-                pass
         pytest.fail(f"test leaked aplock objects in {SHM}: {sorted(leaked)}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the whole run if anything named aplock is left in /dev/shm."""
-    left = aplock_objects()
+    """Fail the whole run if it left anything named aplock in /dev/shm."""
+    left = aplock_objects() - _at_start
     if left:
         print(f"\naplock objects left in {SHM} after the run: {sorted(left)}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -48,7 +55,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture
 def lock_name() -> Iterator[str]:
     """A fresh lock name, unlinked after the test."""
-    name = f"test.{uuid.uuid4().hex[:12]}"
+    name = f"test.{SESSION}.{uuid.uuid4().hex[:8]}"
     yield name
     aplock.unlink(name)
 

@@ -21,18 +21,26 @@ def running(
     *args: Any,
     ctx: multiprocessing.context.BaseContext = SPAWN,
     count: int = 1,
+    grace: float = 10.0,
 ) -> Iterator[list[multiprocessing.process.BaseProcess]]:
-    """Start *count* processes running ``target(*args)``; kill and reap them on exit."""
+    """Start *count* processes running ``target(*args)``; reap them on exit.
+
+    On exit each child gets *grace* seconds to finish by itself before it is killed:
+    killing a child that is still flushing a ``multiprocessing.Queue`` can leave the
+    queue's shared write lock held, wedging every later writer.
+    """
     procs = [ctx.Process(target=target, args=args, daemon=True) for _ in range(count)]  # type: ignore[attr-defined]
     for p in procs:
         p.start()
     try:
         yield procs
     finally:
+        end = time.monotonic() + grace
         for p in procs:
+            p.join(max(end - time.monotonic(), 0))
             if p.is_alive():
                 p.kill()
-            p.join(10)
+                p.join(10)
 
 
 def kill(proc: multiprocessing.process.BaseProcess, sig: int = signal.SIGKILL) -> None:

@@ -75,9 +75,13 @@ def test_opening_someone_elses_shared_lock_needs_an_explicit_mode(lock_name: str
 
 def in_private_shm(mount: str, body: str) -> str:
     code = "import aplock\n" + textwrap.dedent(body)
-    cmd = f"{mount} && exec {sys.executable} -c \"$0\""
+    cmd = f'{mount} && exec {sys.executable} -c "$0"'
     proc = subprocess.run(
-        ["unshare", "-m", "sh", "-c", cmd, code], capture_output=True, text=True, timeout=60
+        ["unshare", "-m", "sh", "-c", cmd, code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()

@@ -78,6 +78,13 @@ def test_use_after_close_message(lock_name: str) -> None:
 
 
 def test_every_public_error_is_exported() -> None:
-    for name in ("LockError", "LockNotHeldError", "LockClosedError", "LockPermissionError",
-                 "LockUnavailableError", "LockWarning", "AbandonedLockWarning"):
+    for name in (
+        "LockError",
+        "LockNotHeldError",
+        "LockClosedError",
+        "LockPermissionError",
+        "LockUnavailableError",
+        "LockWarning",
+        "AbandonedLockWarning",
+    ):
         assert getattr(aplock, name) is getattr(aplock.errors, name)

@@ -9,7 +9,11 @@ import aplock
 
 def test_all_lists_exactly_the_public_names() -> None:
     public = {n for n in vars(aplock) if not n.startswith("_")} - {
-        "aio", "errors", "sync", "startup", "postgres"
+        "aio",
+        "errors",
+        "sync",
+        "startup",
+        "postgres",
     }
     assert set(aplock.__all__) - {"__version__"} == public
     assert sorted(aplock.__all__) == aplock.__all__
@@ -23,7 +27,7 @@ def test_every_public_name_has_a_docstring() -> None:
         assert inspect.getdoc(obj), name
         if inspect.isclass(obj):
             for attr, member in vars(obj).items():
-                if not attr.startswith("_") and callable(member) or isinstance(member, property):
+                if not attr.startswith("_") and (callable(member) or isinstance(member, property)):
                     assert inspect.getdoc(member), f"{name}.{attr}"
 
 

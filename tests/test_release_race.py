@@ -25,9 +25,7 @@ def race(lock_name: str, rounds: int, threads: int, processes: int) -> None:
     parties = threads + processes + 1
     start, done = SPAWN.Barrier(parties, timeout=60), SPAWN.Barrier(parties, timeout=60)
     out: Any = SPAWN.Queue()
-    with running(
-        workers.racing_releaser, lock_name, rounds, start, done, out, count=processes
-    ):
+    with running(workers.racing_releaser, lock_name, rounds, start, done, out, count=processes):
         pool = [
             threading.Thread(
                 target=workers.racing_releaser, args=(lock_name, rounds, start, done, out)

@@ -26,7 +26,11 @@ def later(delay, fn):
 def run(code: str, name: str) -> subprocess.CompletedProcess[str]:
     script = PRELUDE + textwrap.dedent(code) + "\nlock.release()\naplock.unlink(sys.argv[1])\n"
     return subprocess.run(
-        [sys.executable, "-c", script, name], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script, name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -275,7 +275,7 @@ def test_repr_shows_name_and_state(lock_name: str) -> None:
 def test_record_tracks_holder_and_generation(lock_name: str) -> None:
     lock = aplock.Lock(lock_name)
     assert lock.acquisition is None
-    generations = []
+    generations: list[int] = []
     for _ in range(3):
         with lock:
             acq = lock.acquisition

@@ -72,12 +72,11 @@ def increment(name: str, path: str, rounds: int, start: Any) -> None:
     lock = aplock.Lock(name)
     start.wait(30)
     for _ in range(rounds):
-        with lock:
-            with open(path, "r+") as f:
-                value = int(f.read() or 0)
-                f.seek(0)
-                f.write(str(value + 1))
-                f.truncate()
+        with lock, open(path, "r+") as f:
+            value = int(f.read() or 0)
+            f.seek(0)
+            f.write(str(value + 1))
+            f.truncate()
 
 
 def open_only(name: str, start: Any, out: Any) -> None:

@@ -15,12 +15,14 @@ from .errors import (
     LockUnavailableError,
     LockWarning,
 )
+from .startup import AsyncOnce, Once
 from .sync import Acquisition, Lock, LockInfo, unlink
 
 __all__ = [
     "AbandonedLockWarning",
     "Acquisition",
     "AsyncLock",
+    "AsyncOnce",
     "Lock",
     "LockClosedError",
     "LockError",
@@ -29,6 +31,7 @@ __all__ = [
     "LockPermissionError",
     "LockUnavailableError",
     "LockWarning",
+    "Once",
     "__version__",
     "unlink",
 ]

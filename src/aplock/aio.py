@@ -108,7 +108,7 @@ class AsyncLock:
         mode: as for ``Lock`` (ignored when a ``Lock`` is given).
         recovery_interval: as for ``Lock`` (ignored when a ``Lock`` is given).
 
-    Example:
+    Examples:
         >>> import anyio, aplock
         >>> async def main() -> None:
         ...     async with aplock.AsyncLock("docs.async") as lock:

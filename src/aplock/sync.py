@@ -96,7 +96,7 @@ class Lock:
         LockPermissionError: the lock exists but belongs to another user.
         LockUnavailableError: the OS cannot provide it (``/dev/shm`` missing or full).
 
-    Example:
+    Examples:
         >>> import aplock
         >>> with aplock.Lock("docs.example") as lock:
         ...     lock.locked()
