@@ -104,3 +104,25 @@ def racing_releaser(name: str, rounds: int, start: Any, done: Any, out: Any) -> 
             pass
         done.wait()
     out.put(won)
+
+
+def hold_until_killed(name: str, acquired: Any) -> None:
+    """Acquire *name*, set *acquired*, and hold until killed."""
+    lock = aplock.Lock(name)
+    lock.acquire()
+    acquired.set()
+    while True:
+        time.sleep(3600)
+
+
+def async_acquire_then_report(name: str, backend: str, out: Any) -> None:
+    """In a fresh process, ``async with AsyncLock`` and report the generation."""
+    import anyio
+
+    async def main() -> None:
+        alock = aplock.AsyncLock(name)
+        async with alock:
+            acq = alock.acquisition
+            out.put(acq.generation if acq else None)
+
+    anyio.run(main, backend=backend)

@@ -5,7 +5,7 @@
 """
 
 from ._version import __version__
-from .aio import AsyncLock
+from .aio import AsyncLock, AsyncLockStatistics
 from .errors import (
     AbandonedLockWarning,
     LockClosedError,
@@ -22,6 +22,7 @@ __all__ = [
     "AbandonedLockWarning",
     "Acquisition",
     "AsyncLock",
+    "AsyncLockStatistics",
     "AsyncOnce",
     "Lock",
     "LockClosedError",

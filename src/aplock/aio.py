@@ -22,6 +22,7 @@ import asyncio
 import os
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -37,7 +38,20 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["AsyncLock"]
+__all__ = ["AsyncLock", "AsyncLockStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncLockStatistics:
+    """What ``AsyncLock.statistics()`` reports.
+
+    Attributes:
+        locked: whether some task, thread or process holds the lock.
+        tasks_waiting: tasks of the current event loop waiting for it.
+    """
+
+    locked: bool
+    tasks_waiting: int
 
 
 class _Gate:
@@ -85,11 +99,54 @@ def _forget_gates() -> None:
 os.register_at_fork(after_in_child=_forget_gates)
 
 
-async def _set_when_cancelled(flag: threading.Event) -> None:
+class _Handoff:
+    """Hands a worker thread's acquisition to its task, or releases it if the task is gone.
+
+    Whichever comes second of "the worker won the lock" and "the task gave up" releases
+    it, under a mutex, so a cancelled wait never leaves the lock held by nobody, even if
+    the task stopped waiting for its worker (as ``Task.cancel()`` on asyncio can do).
+    """
+
+    __slots__ = ("acquired", "gave_up", "mutex", "stop")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.acquired = False
+        self.gave_up = False
+        self.stop = False
+
+    def stopping(self) -> bool:
+        """Polled by the worker between slices."""
+        return self.stop
+
+    def wait(self, lock: Lock, deadline: Deadline) -> bool:
+        """Runs in the worker thread."""
+        if not lock._wait(deadline, self.stopping):
+            return False
+        with self.mutex:
+            if self.gave_up:
+                lock.release()
+                return False
+            self.acquired = True
+            return True
+
+    def give_up(self, lock: Lock) -> None:
+        """Runs in the task that stops waiting: release what the worker already won."""
+        self.stop = True
+        with self.mutex:
+            self.gave_up = True
+            if self.acquired:
+                self.acquired = False
+                lock.release()
+
+
+async def _stop_when_cancelled(handoff: _Handoff, finished: anyio.Event) -> None:
+    """Until *finished*, watch for the waiting task's cancellation and stop its worker."""
     try:
-        await anyio.sleep_forever()
+        await finished.wait()
     finally:
-        flag.set()
+        if not finished.is_set():
+            handoff.stop = True
 
 
 class AsyncLock:
@@ -184,19 +241,27 @@ class AsyncLock:
             gate.waiting -= 1
 
     async def _wait_in_thread(self, gate: _Gate, deadline: Deadline) -> bool:
-        cancelled = threading.Event()
-        acquired = False
+        lock = self._lock
+        handoff = _Handoff()
+        finished = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_set_when_cancelled, cancelled)
+                tg.start_soon(_stop_when_cancelled, handoff, finished)
+                # Not abandoned on cancellation: the worker ends within one slice of
+                # being told to stop, and only then does this task go on (or re-raise).
                 acquired = await anyio.to_thread.run_sync(
-                    self._lock._wait, deadline, cancelled.is_set, limiter=gate.limiter
+                    handoff.wait, lock, deadline, limiter=gate.limiter
                 )
-                tg.cancel_scope.cancel()
+                finished.set()
         except BaseException:
-            if acquired:
-                self._lock.release()
+            handoff.give_up(lock)
             raise
+        if handoff.stop:
+            # Cancelled while the worker waited. Some backends deliver that cancellation
+            # only at the next checkpoint: give back what the worker won, then raise it.
+            handoff.give_up(lock)
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            return False
         return acquired
 
     def release(self) -> None:
@@ -220,9 +285,9 @@ class AsyncLock:
         """See ``Lock.info``."""
         return self._lock.info()
 
-    def statistics(self) -> dict[str, Any]:
-        """Tasks of the current event loop waiting for this lock, and whether it is held."""
-        return {"locked": self.locked(), "tasks_waiting": _gate(self.name).waiting}
+    def statistics(self) -> AsyncLockStatistics:
+        """Whether the lock is held, and how many tasks of the current event loop wait."""
+        return AsyncLockStatistics(self.locked(), _gate(self.name).waiting)
 
     async def __aenter__(self) -> Self:
         await self.acquire()
