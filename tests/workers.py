@@ -126,3 +126,66 @@ def async_acquire_then_report(name: str, backend: str, out: Any) -> None:
             out.put(acq.generation if acq else None)
 
     anyio.run(main, backend=backend)
+
+
+def hold_for(name: str, acquired: Any, seconds: float) -> None:
+    """Acquire *name*, set *acquired*, hold for *seconds* (or until killed), release."""
+    lock = aplock.Lock(name)
+    lock.acquire()
+    acquired.set()
+    time.sleep(seconds)
+    lock.release()
+
+
+def waiter_report(name: str, ready: Any, out: Any, path: str) -> None:
+    """Wait for *name*; report ``(pid, abandoned_pid)``; bump the counter in *path*."""
+    import warnings
+
+    lock = aplock.Lock(name)
+    ready.set()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lock.acquire(timeout=60)
+    warned = [w.message.pid for w in caught if isinstance(w.message, aplock.AbandonedLockWarning)]
+    acq = lock.acquisition
+    try:
+        with open(path, "r+") as f:
+            value = int(f.read() or 0)
+            time.sleep(0.01)
+            f.seek(0)
+            f.write(str(value + 1))
+            f.truncate()
+        out.put((os.getpid(), acq.abandoned_pid if acq else None, warned))
+    finally:
+        lock.release()
+
+
+def hand_off_and_exit(name: str, to: int | None, done: Any) -> None:
+    """Acquire *name*, hand it off to *to* (``None``: detach), and exit."""
+    lock = aplock.Lock(name)
+    lock.acquire()
+    lock.hand_off(to)
+    done.set()
+
+
+def die_in_guard(name: str, inside: Any) -> None:
+    """Take the lock's guard and wait there to be killed."""
+    lock = aplock.Lock(name)
+    with lock._h.guard.held():
+        inside.set()
+        time.sleep(3600)
+
+
+def die_after_recording(name: str) -> None:
+    """Take the lock semaphore and record this process, then die before the token."""
+    from aplock import _process, _state
+
+    lock = aplock.Lock(name)
+    h = lock._h
+    h.sem.acquire(0)
+    me = _process.identity()
+    generation = h.words[_state.GENERATION_WORD] + 1
+    _state.HOLD.pack_into(
+        h.mm, _state.HOLD_OFFSET, generation, me.start, me.ns, time.time(), me.pid
+    )
+    os._exit(0)
