@@ -262,7 +262,8 @@ async def test_async_waiter_recovers(lock_name: str) -> None:
         async def acquire_while_the_holder_dies() -> bool:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(kill_soon)
-                return await alock.acquire(timeout=30)
+                got = await alock.acquire(timeout=30)
+            return got
 
         async def kill_soon() -> None:
             await anyio.sleep(0.2)
