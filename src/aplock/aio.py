@@ -31,7 +31,7 @@ import anyio.to_thread
 from anyio import WouldBlock
 
 from ._deadline import Deadline, normalize_timeout
-from ._handle import DEFAULT_MODE
+from ._handle import DEFAULT_MODE, Takeover
 from .sync import RECOVERY_INTERVAL, Acquisition, Lock, LockInfo
 
 if TYPE_CHECKING:
@@ -107,13 +107,14 @@ class _Handoff:
     the task stopped waiting for its worker (as ``Task.cancel()`` on asyncio can do).
     """
 
-    __slots__ = ("acquired", "gave_up", "mutex", "stop")
+    __slots__ = ("acquired", "gave_up", "mutex", "stop", "takeover")
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
         self.acquired = False
         self.gave_up = False
         self.stop = False
+        self.takeover: Takeover | None = None
 
     def stopping(self) -> bool:
         """Polled by the worker between slices."""
@@ -121,7 +122,8 @@ class _Handoff:
 
     def wait(self, lock: Lock, deadline: Deadline) -> bool:
         """Runs in the worker thread."""
-        if not lock._wait(deadline, self.stopping):
+        got, self.takeover = lock._wait_quietly(deadline, self.stopping)
+        if not got:
             return False
         with self.mutex:
             if self.gave_up:
@@ -262,6 +264,8 @@ class AsyncLock:
             handoff.give_up(lock)
             await anyio.lowlevel.checkpoint_if_cancelled()
             return False
+        if acquired and handoff.takeover is not None:
+            lock._warn_abandoned(handoff.takeover, stacklevel=4)  # from the task, not the worker
         return acquired
 
     def release(self) -> None:

@@ -154,32 +154,43 @@ class Lock:
         return self._wait(Deadline.after(wait), None)
 
     def _wait(self, deadline: Deadline, cancelled: Callable[[], bool] | None) -> bool:
-        """The blocking part of acquire: wait in slices until taken, expired or cancelled."""
+        """The blocking part of acquire, warning if it took over a dead holder's lock."""
+        got, takeover = self._wait_quietly(deadline, cancelled)
+        if takeover is not None:
+            self._warn_abandoned(takeover, stacklevel=3)
+        return got
+
+    def _wait_quietly(
+        self, deadline: Deadline, cancelled: Callable[[], bool] | None
+    ) -> tuple[bool, _handle.Takeover | None]:
+        """Wait in slices until taken, expired or *cancelled*; say if a dead holder's was.
+
+        Returns ``(acquired, takeover)``; ``takeover`` is set when the acquisition took
+        over the lock of a holder that died, so that the caller can tell its user.
+        """
         h = self._h
         interval = self._recovery_interval
         check_at = time.monotonic() + interval if interval is not None else None
         while True:
             if h.wait(deadline.slice()) is not None:
-                return True
+                return True, None
             if cancelled is not None and cancelled():
-                return False
+                return False, None
             now = time.monotonic()
             if check_at is not None and now >= check_at:
                 check_at = now + interval  # type: ignore[operator]
                 takeover = h.recover()
                 if takeover is not None:
-                    self._took_over(takeover)
-                    return True
+                    return True, takeover if takeover.dead_pid else None
             if deadline.expired(now=now):
-                return False
+                return False, None
 
-    def _took_over(self, takeover: _handle.Takeover) -> None:
-        if not takeover.dead_pid:
-            return
+    def _warn_abandoned(self, takeover: _handle.Takeover, stacklevel: int) -> None:
+        """Issue the ``AbandonedLockWarning`` of a takeover; release if it raises."""
         try:
             warnings.warn(
                 AbandonedLockWarning(self._name, takeover.dead_pid, takeover.dead_generation),
-                stacklevel=4,
+                stacklevel=stacklevel + 1,
             )
         except BaseException:
             self.release()  # warnings turned into errors: the caller does not hold it
