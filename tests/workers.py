@@ -189,3 +189,11 @@ def die_after_recording(name: str) -> None:
         h.mm, _state.HOLD_OFFSET, generation, me.start, me.ns, time.time(), me.pid
     )
     os._exit(0)
+
+
+def keep_open(name: str, opened: Any, stop: Any) -> None:
+    """Open *name* without holding it, until *stop* is set."""
+    lock = aplock.Lock(name)
+    opened.set()
+    stop.wait(60)
+    lock.close()
