@@ -115,3 +115,39 @@ def test_missing_dev_shm() -> None:
 def test_read_only_dev_shm() -> None:
     out = in_private_shm("mount -t tmpfs -o ro tmpfs /dev/shm", TRY_OPEN)
     assert "read-only" in out, out
+
+
+def test_guard_falls_back_to_a_file_without_record_locks(
+    lock_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where shared memory has no POSIX record locks (macOS), a guard file stands in."""
+    import errno
+    import fcntl
+
+    from aplock import _handle, _posix
+
+    real = fcntl.lockf
+    probed: list[int] = []
+
+    def no_locks_on_shm(fd: int, cmd: int, *args: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/shm/"):
+            probed.append(fd)
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        real(fd, cmd, *args)
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks_on_shm)
+    lock = aplock.Lock(lock_name)
+    handle = lock._h
+    assert isinstance(handle, _handle.Handle)
+    assert probed
+    assert handle.guard_fd != handle.fd
+    path = _posix.guard_path(handle.names.base)
+    assert os.path.exists(path)
+    lock.acquire()
+    lock.hand_off(None)  # a guarded path
+    lock.release()  # and another
+    with pytest.raises(aplock.LockNotHeldError):
+        lock.release()
+    lock.close()
+    assert aplock.unlink(lock_name)
+    assert not os.path.exists(path)

@@ -65,6 +65,7 @@ class Handle:
         "_suspect_since",
         "fd",
         "guard",
+        "guard_fd",
         "me",
         "mm",
         "name",
@@ -96,7 +97,8 @@ class Handle:
             raw = _state.encode_name(name)
             self.mm[_state.NAME_OFFSET : _state.NAME_OFFSET + len(raw)] = raw
             _state.NAME_LEN.pack_into(self.mm, _state.NAME_LEN_OFFSET, len(raw))
-        self.guard = _posix.Guard(name, self.fd)
+        self.guard_fd = _posix.open_guard(name, self.fd, self.names.base, mode)
+        self.guard = _posix.Guard(name, self.guard_fd)
         #: The record as 64-bit words: one aligned store per field on the hot path.
         self.words = memoryview(self.mm).cast("q")
         self.me = identity().pid
@@ -240,11 +242,13 @@ class Handle:
     def close(self) -> None:
         """Close this process's OS handles."""
         self.words.release()
+        if self.guard_fd != self.fd:
+            os.close(self.guard_fd)
         _posix.close(self.name, (self.sem, self.token), self.fd, self.mm)
 
     def reset_after_fork(self) -> None:
         """Forget this process's in-memory state in a forked child (the OS handles stay)."""
-        self.guard = _posix.Guard(self.name, self.fd)
+        self.guard = _posix.Guard(self.name, self.guard_fd)
         self.me = identity().pid
         self._suspect = None
 

@@ -146,5 +146,4 @@ def find(name: str) -> HostLock | None:
 
 def remove(lock: HostLock) -> None:
     """Remove the lock's OS objects."""
-    names = _names.PosixNames(lock.base)
-    _posix.unlink(lock.name or lock.base, (names.semaphore, names.token, names.record))
+    _posix.unlink(lock.name or lock.base, _names.PosixNames(lock.base))

@@ -21,6 +21,7 @@ import mmap
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, TypeVar
@@ -31,6 +32,8 @@ from .errors import LockError, LockPermissionError, LockUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from ._names import PosixNames
 
 T = TypeVar("T")
 
@@ -134,10 +137,12 @@ def close(name: str, sems: tuple[posix_ipc.Semaphore, ...], fd: int, mm: mmap.mm
         raise _os_error(name, exc, "closing it") from None
 
 
-def unlink(name: str, posix_names: tuple[str, str, str]) -> bool:
-    """Remove the lock's OS objects; return whether any existed."""
-    sem, token, record = posix_names
+def unlink(name: str, names: PosixNames) -> bool:
+    """Remove the lock's OS objects (and any guard file); return whether any existed."""
+    sem, token, record = names.semaphore, names.token, names.record
     found = False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(guard_path(names.base))
     steps: tuple[tuple[Callable[[str], None], str], ...] = (
         (posix_ipc.unlink_semaphore, sem),
         (posix_ipc.unlink_semaphore, token),
@@ -246,6 +251,39 @@ def _poll_then(sem: posix_ipc.Semaphore, seconds: float, then: Callable[[], T]) 
             time.sleep(min(POLL, left))  # signal handlers run here, as for any sleep
             continue
         return then()
+
+
+_NO_RECORD_LOCKS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOLCK}
+
+
+def guard_path(base: str) -> str:
+    """Where a lock's guard file lives on platforms whose shared memory has no record locks."""
+    return os.path.join(tempfile.gettempdir(), f"aplock-{os.geteuid()}", f"{base}.guard")
+
+
+def open_guard(name: str, record_fd: int, base: str, mode: int) -> int:
+    """The descriptor the guard locks: the record's own, or a guard file where needed.
+
+    Linux supports POSIX record locks on shared memory; where the platform does not
+    (``lockf`` fails with ``ENOTSUP``/``EINVAL``), a file beside the other users' guard
+    files takes its place. Both are released by the kernel when their holder dies.
+    """
+    try:
+        fcntl.lockf(record_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.lockf(record_fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        if exc.errno not in _NO_RECORD_LOCKS:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return record_fd  # supported: someone holds the guard right now
+            raise _os_error(name, exc, "probing its guard") from None
+    else:
+        return record_fd
+    path = guard_path(base)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        raise _os_error(name, exc, f"opening its guard file {path}") from None
 
 
 class Guard:

@@ -305,5 +305,4 @@ def unlink(name: str) -> bool:
     more: processes that have it open keep the old objects, while later openers get
     new ones, so the two groups would no longer exclude each other.
     """
-    names = posix_names(validate(name), short=_posix.SHORT_NAMES)
-    return _posix.unlink(name, (names.semaphore, names.token, names.record))
+    return _posix.unlink(name, posix_names(validate(name), short=_posix.SHORT_NAMES))
