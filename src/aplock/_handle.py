@@ -67,6 +67,8 @@ class Handle:
         "guard",
         "guard_fd",
         "me",
+        "me_ns",
+        "me_start",
         "mm",
         "name",
         "names",
@@ -101,7 +103,7 @@ class Handle:
         self.guard = _posix.Guard(name, self.guard_fd)
         #: The record as 64-bit words: one aligned store per field on the hot path.
         self.words = memoryview(self.mm).cast("q")
-        self.me = identity().pid
+        self._remember_identity()
         self.refs = 0
         self._suspect: _state.Snapshot | None = None
         self._suspect_since = 0.0
@@ -119,10 +121,13 @@ class Handle:
     def publish(self) -> int:
         """We hold ``L``: record ourselves as holder, then publish the token."""
         generation = self.words[_GEN_WORD] + 1
-        me = identity()
-        _HOLD.pack_into(self.mm, _HOLD_AT, generation, me.start, me.ns, _now(), me.pid)
+        _HOLD.pack_into(self.mm, _HOLD_AT, generation, self.me_start, self.me_ns, _now(), self.me)
         self.token.release()
         return generation
+
+    def _remember_identity(self) -> None:
+        me = identity()
+        self.me, self.me_start, self.me_ns = me.pid, me.start, me.ns
 
     def looks_held(self) -> bool:
         """A cheap check that may say "held" only while some acquisition is in force."""
@@ -249,7 +254,7 @@ class Handle:
     def reset_after_fork(self) -> None:
         """Forget this process's in-memory state in a forked child (the OS handles stay)."""
         self.guard = _posix.Guard(self.name, self.guard_fd)
-        self.me = identity().pid
+        self._remember_identity()
         self._suspect = None
 
 

@@ -140,14 +140,17 @@ class Lock:
             ``True`` if the lock was acquired, ``False`` if the time ran out.
         """
         h = self._h
-        if block or not (h.sem.value == 0 if _HAS_VALUE else h.words[_PID_WORD]):
-            try:
-                h.sem.acquire(0)
-            except _BusyError:
-                pass
-            else:
-                h.publish()
-                return True
+        if not block and (not h.sem.value if _HAS_VALUE else h.words[_PID_WORD]):
+            return False  # held: answer without the cost of a failed sem_trywait
+        try:
+            h.sem.acquire(0)
+        except _BusyError:
+            pass
+        else:
+            h.publish()
+            return True
+        if not block:
+            return False
         wait = normalize_timeout(block, timeout)
         if wait == 0.0:
             return False
