@@ -263,7 +263,7 @@ async def test_async_waiter_recovers(lock_name: str) -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(kill_soon)
                 got = await alock.acquire(timeout=30)
-            return got
+            return got  # noqa: RET504 - mypy cannot see that the group returns
 
         async def kill_soon() -> None:
             await anyio.sleep(0.2)
@@ -281,6 +281,7 @@ async def test_async_waiter_recovers(lock_name: str) -> None:
 
 
 def kill_rounds(lock_name: str, rounds: int, seed: int, tmp: str) -> None:
+    """Kill the holder at a random moment while a sync, an asyncio and a Trio waiter wait."""
     rng = random.Random(seed)
     lock = aplock.Lock(lock_name)
     for i in range(rounds):
@@ -290,17 +291,38 @@ def kill_rounds(lock_name: str, rounds: int, seed: int, tmp: str) -> None:
         acquired = SPAWN.Event()
         ready = [SPAWN.Event() for _ in range(3)]
         out: Any = SPAWN.Queue()
+        waiters = [
+            SPAWN.Process(target=workers.waiter_report, args=(lock_name, ready[0], out, path)),
+            *(
+                SPAWN.Process(
+                    target=workers.async_waiter_report,
+                    args=(lock_name, r, out, path, backend),
+                )
+                for r, backend in zip(ready[1:], ("asyncio", "trio"), strict=True)
+            ),
+        ]
         with running(workers.hold_until_killed, lock_name, acquired) as (holder,):
             assert acquired.wait(60)
-            with running(workers.waiter_report, lock_name, ready[0], out, path, count=3) as ws:
+            for w in waiters:
+                w.start()
+            try:
                 for r in ready:
-                    r.wait(0.01)
+                    assert r.wait(60)
                 time.sleep(rng.uniform(0, 0.5))
                 kill(holder)
-                results = [out.get(timeout=60) for _ in ws]
-        assert sum(r[1] is not None for r in results) == 1, results
+                results = [out.get(timeout=60) for _ in waiters]
+            finally:
+                for w in waiters:
+                    w.join(30)
+                    if w.is_alive():
+                        w.kill()
+                        w.join()
+        takeovers = [r for r in results if r[1] is not None]
+        assert len(takeovers) == 1, results
+        assert takeovers[0][1] == holder.pid
+        assert sum(bool(r[2]) for r in results) == 1, results
         with open(path) as f:
-            assert int(f.read()) == 3
+            assert int(f.read()) == 3, "mutual exclusion broke after the takeover"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert lock.acquire(timeout=5)

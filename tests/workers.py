@@ -197,3 +197,33 @@ def keep_open(name: str, opened: Any, stop: Any) -> None:
     opened.set()
     stop.wait(60)
     lock.close()
+
+
+def async_waiter_report(name: str, ready: Any, out: Any, path: str, backend: str) -> None:
+    """As ``waiter_report``, from a task of an event loop on *backend*."""
+    import warnings
+
+    import anyio
+
+    async def main() -> None:
+        alock = aplock.AsyncLock(name)
+        ready.set()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert await alock.acquire(timeout=60)
+        warned = [
+            w.message.pid for w in caught if isinstance(w.message, aplock.AbandonedLockWarning)
+        ]
+        acq = alock.acquisition
+        try:
+            with open(path, "r+") as f:
+                value = int(f.read() or 0)
+                await anyio.sleep(0.01)
+                f.seek(0)
+                f.write(str(value + 1))
+                f.truncate()
+            out.put((os.getpid(), acq.abandoned_pid if acq else None, warned))
+        finally:
+            alock.release()
+
+    anyio.run(main, backend=backend)
