@@ -120,3 +120,23 @@ def test_demo_shows_exclusion() -> None:
     assert "mutual exclusion held." in out.stdout
     assert "overlaps: 0" in out.stdout
     assert "acquired" in out.stdout
+
+
+def test_repair_frees_a_stuck_lock_and_only_a_stuck_lock(lock_name: str) -> None:
+    with running(workers.die_before_recording, lock_name) as (proc,):
+        proc.join(30)
+    entry = listed(lock_name)
+    assert entry is not None
+    assert entry["stuck"] is True
+    assert "stuck" in cli("show", lock_name).stdout
+    lock = aplock.Lock(lock_name, recovery_interval=0.05)
+    assert lock.acquire(timeout=0.5) is False  # nobody recorded: no waiter can recover it
+    out = cli("repair", lock_name, "--observe", "0.2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "repaired" in out.stdout
+    assert lock.acquire(timeout=5)
+    refused = cli("repair", lock_name, "--observe", "0.2")
+    assert refused.returncode == 1
+    assert "not stuck" in refused.stdout
+    lock.release()
+    assert cli("repair", lock_name + ".missing").returncode == 1

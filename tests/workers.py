@@ -227,3 +227,10 @@ def async_waiter_report(name: str, ready: Any, out: Any, path: str, backend: str
             alock.release()
 
     anyio.run(main, backend=backend)
+
+
+def die_before_recording(name: str) -> None:
+    """Take the lock semaphore and die before recording anything: a stuck lock."""
+    lock = aplock.Lock(name)
+    lock._h.sem.acquire(0)
+    os._exit(0)

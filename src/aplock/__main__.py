@@ -1,7 +1,7 @@
 """The ``aplock`` command: inspect and clean the locks on this host, or run the demo.
 
-Exit status: 0 success; 1 a named lock does not exist, or ``clean`` refused to remove
-a lock that is in use; 2 bad usage.
+Exit status: 0 success; 1 a named lock does not exist, or ``clean`` or ``repair``
+refused (the lock is in use); 2 bad usage.
 """
 
 from __future__ import annotations
@@ -121,6 +121,21 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return EXIT_REFUSED if refused or missing else EXIT_OK
 
 
+def _cmd_repair(args: argparse.Namespace) -> int:
+    found = _inspect.find(args.name)
+    if found is None:
+        print(f"aplock: no lock named {args.name!r} on this host", file=sys.stderr)
+        return EXIT_REFUSED
+    if not found.stuck:
+        print(f"refused {args.name!r}: not stuck ({_state(found)}); nothing to repair")
+        return EXIT_REFUSED
+    if _inspect.repair(args.name, args.observe):
+        print(f"repaired {args.name!r}: it is free again")
+        return EXIT_OK
+    print(f"refused {args.name!r}: its state changed while observed; it is in use")
+    return EXIT_REFUSED
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     return _demo.run(rounds=args.rounds)
 
@@ -148,6 +163,20 @@ def parser() -> argparse.ArgumentParser:
     clean.add_argument("--force", action="store_true", help="remove even locks in use")
     clean.add_argument("--json", action="store_true", help="print JSON")
     clean.set_defaults(run=_cmd_clean)
+    repair = sub.add_parser(
+        "repair",
+        help="free a stuck lock (taken, but by nobody: a process died mid-acquire); "
+        "stop or pause its users first",
+    )
+    repair.add_argument("name", help="the lock's name")
+    repair.add_argument(
+        "--observe",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long the stuck state must stay unchanged (default 1)",
+    )
+    repair.set_defaults(run=_cmd_repair)
     demo = sub.add_parser("demo", help="spawned processes and async tasks share one lock")
     demo.add_argument("--rounds", type=int, default=3, help="critical sections per task")
     demo.set_defaults(run=_cmd_demo)

@@ -228,6 +228,30 @@ class Handle:
         self.token.release()
         return Takeover(generation, seen.pid, seen.generation)
 
+    def repair_stuck(self, observe: float) -> bool:
+        """Free a lock that nobody holds but that stays taken (an operator's command).
+
+        A process killed in the few bytecodes between taking the lock semaphore and
+        recording itself (or, in a release, between clearing its record and posting)
+        leaves ``L`` and ``H`` both 0 with no live holder recorded. If that state holds
+        unchanged for *observe* seconds, post ``L``. Returns whether it did.
+        """
+
+        def state() -> tuple[int, int, _state.Snapshot]:
+            return self.sem.value, self.token.value, self.snapshot()
+
+        first = state()
+        sem, token, snap = first
+        if (sem, token) != (0, 0) or (snap.pid != 0 and not is_proven_dead(snap.holder)):
+            return False
+        time.sleep(observe)
+        with self.guard.held():
+            if state() != first:
+                return False
+            self.words[_PID_WORD] = 0
+            self.sem.release()
+        return True
+
     def hand_off(self, to: Identity | None) -> None:
         """Record *to* (or nobody: detached) as the holder of the current acquisition."""
         with self.guard.held():

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import _names, _posix, _state
 from ._process import is_proven_dead
+from .sync import Lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,15 @@ def find(name: str) -> HostLock | None:
         if lock.base == base:
             return lock
     return None
+
+
+def repair(name: str, observe: float) -> bool:
+    """Free the stuck lock *name* if it stays stuck for *observe* seconds."""
+    lock = Lock(name)
+    try:
+        return lock._h.repair_stuck(observe)
+    finally:
+        lock.close()
 
 
 def remove(lock: HostLock) -> None:
