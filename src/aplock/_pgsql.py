@@ -1,0 +1,92 @@
+"""The PostgreSQL backend's advisory key and SQL text (pure logic, no I/O, no psycopg).
+
+A lock name maps to one 64-bit advisory key::
+
+    key = int.from_bytes(sha256(b"aplock:" + name.encode("utf-8", "surrogatepass"))
+                         .digest()[:8], "big", signed=True)
+
+which PostgreSQL (11 and later) computes itself as::
+
+    SELECT ('x' || encode(substring(sha256(convert_to('aplock:' || $1, 'UTF8'))
+                                    from 1 for 8), 'hex'))::bit(64)::bigint
+
+so tools in any language, and plain SQL, can find or take the same lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+from ._names import validate
+
+#: Bytes hashed in front of the UTF-8 name, so aplock's keys stay apart from other uses.
+KEY_PREFIX = b"aplock:"
+#: Largest value of ``lock_timeout`` (milliseconds): PostgreSQL's ``INT_MAX``.
+MAX_LOCK_TIMEOUT_MS = 2**31 - 1
+
+#: The same key, computed by the server from the name bound to ``%s``.
+KEY_SQL = (
+    "SELECT ('x' || encode(substring(sha256(convert_to('aplock:' || %s, 'UTF8')) "
+    "from 1 for 8), 'hex'))::bit(64)::bigint"
+)
+
+# The advisory lock of a bigint key, as pg_locks shows it: high and low 32 bits in
+# classid and objid, objsubid 1 (the two-int4 form uses objsubid 2), in this database.
+_THIS_KEY = (
+    "locktype = 'advisory' AND objsubid = 1"
+    " AND classid = ((%(key)s::bigint >> 32) & 4294967295)::oid"
+    " AND objid = (%(key)s::bigint & 4294967295)::oid"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+_MINE = f"{_THIS_KEY} AND granted AND pid = pg_backend_pid()"
+
+#: Take the lock if it is free: ``(taken, backend pid)``.
+TRY = "SELECT pg_try_advisory_lock(%(key)s), pg_backend_pid()"
+#: Release it, but only if the session is still the one that took it (``%(pid)s``):
+#: ``NULL`` if the session changed, else whether the session held it.
+UNLOCK = "SELECT CASE WHEN pg_backend_pid() = %(pid)s THEN pg_advisory_unlock(%(key)s) END"
+#: Release it if this session holds it, whatever this process believes (clean-up).
+UNLOCK_IF_HELD = f"SELECT pg_advisory_unlock(%(key)s) FROM pg_locks WHERE {_MINE}"
+#: ``(backend pid, whether this session holds the lock)``.
+HELD = f"SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks WHERE {_MINE})"
+#: Whether any session holds the lock.
+LOCKED = f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {_THIS_KEY} AND granted)"
+
+
+def advisory_key(name: str) -> int:
+    """The signed 64-bit PostgreSQL advisory key of lock *name* (see the module docstring).
+
+    Raises:
+        TypeError: *name* is not a string.
+        ValueError: *name* is empty.
+    """
+    raw = hashlib.sha256(KEY_PREFIX + validate(name).encode("utf-8", "surrogatepass"))
+    return int.from_bytes(raw.digest()[:8], "big", signed=True)
+
+
+def lock_timeout_ms(remaining: float | None) -> int:
+    """The ``lock_timeout`` for a wait of *remaining* seconds (``None``: forever).
+
+    ``0`` means no timeout to PostgreSQL; a positive wait is rounded up to whole
+    milliseconds (so it never ends early) and capped at the largest value the server
+    takes (the caller waits again for what is left).
+    """
+    if remaining is None:
+        return 0
+    return min(max(math.ceil(remaining * 1000.0), 1), MAX_LOCK_TIMEOUT_MS)
+
+
+def wait_statement(key: int, timeout_ms: int) -> str:
+    """One round trip that blocks in the server until the lock is taken or time runs out.
+
+    A simple-protocol query string of three statements, which PostgreSQL runs as one
+    implicit transaction: ``SET LOCAL`` therefore lasts only for this wait, and a
+    ``statement_timeout`` configured for the role cannot cut a longer wait short. The
+    last result is ``(void, backend pid)``. Both numbers are ``int``, formatted by us.
+    """
+    return (
+        "SET LOCAL statement_timeout = 0; "
+        f"SET LOCAL lock_timeout = {int(timeout_ms)}; "
+        f"SELECT pg_advisory_lock({int(key)}), pg_backend_pid()"
+    )
