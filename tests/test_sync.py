@@ -426,3 +426,26 @@ def test_mutual_exclusion_across_processes(lock_name: str, tmp_path: os.PathLike
             assert p.exitcode == 0
     with open(path) as f:
         assert int(f.read()) == 4 * 200
+
+
+def test_close_while_another_thread_waits_ends_that_wait(lock_name: str) -> None:
+    holder = aplock.Lock(lock_name)
+    holder.acquire()
+    lock = aplock.Lock(lock_name)
+    holder.close()  # the waiter's object now holds the process's only reference
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            lock.acquire()
+        except aplock.LockClosedError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.2)
+    lock.close()  # must neither crash the waiting thread nor leave it waiting
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errors) == 1
+    aplock.Lock(lock_name).release()

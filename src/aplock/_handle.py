@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,7 @@ class Handle:
     """The OS objects of one lock, opened once per process and shared by all its users."""
 
     __slots__ = (
+        "__weakref__",
         "_suspect",
         "_suspect_since",
         "fd",
@@ -104,6 +106,12 @@ class Handle:
         #: The record as 64-bit words: one aligned store per field on the hot path.
         self.words = memoryview(self.mm).cast("q")
         self._remember_identity()
+        # The OS handles close when the last reference to this object goes, never while
+        # a thread still waits on them (closing a semaphore under a waiter is a crash).
+        fds = (self.fd,) if self.guard_fd == self.fd else (self.fd, self.guard_fd)
+        weakref.finalize(
+            self, _posix.close, name, (self.sem, self.token), fds, self.mm, (self.words,)
+        )
         self.refs = 0
         self._suspect: _state.Snapshot | None = None
         self._suspect_since = 0.0
@@ -268,13 +276,6 @@ class Handle:
             )
             self.token.release()
 
-    def close(self) -> None:
-        """Close this process's OS handles."""
-        self.words.release()
-        if self.guard_fd != self.fd:
-            os.close(self.guard_fd)
-        _posix.close(self.name, (self.sem, self.token), self.fd, self.mm)
-
     def reset_after_fork(self) -> None:
         """Forget this process's in-memory state in a forked child (the OS handles stay)."""
         self.guard = _posix.Guard(self.name, self.guard_fd)
@@ -311,13 +312,11 @@ def acquire_handle(name: str, mode: int) -> Handle:
 
 
 def release_handle(handle: Handle) -> None:
-    """Drop a reference; close the handle when the last user is gone."""
+    """Drop a user; when the last is gone, forget the handle (it closes once unreferenced)."""
     with _registry_lock:
         handle.refs -= 1
-        if handle.refs > 0 or _registry.get(handle.name) is not handle:
-            return
-        del _registry[handle.name]
-    handle.close()
+        if handle.refs == 0 and _registry.get(handle.name) is handle:
+            del _registry[handle.name]
 
 
 def open_handles() -> list[Handle]:

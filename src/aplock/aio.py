@@ -6,14 +6,14 @@ for the name) and adds what waiting inside an event loop needs:
 - **No thread for a free lock.** ``acquire()`` checkpoints, then tries the semaphore on
   the event-loop thread; only a contended acquire touches a thread.
 - **One waiting thread per lock per event loop.** The tasks of one loop that wait for
-  one lock queue FIFO on an in-loop gate; only the task at its head waits on the OS
-  semaphore, in a worker thread drawn through aplock's own capacity limiter, never
-  AnyIO's default one (which FastAPI's sync endpoints share).
-- **Cancellation never leaks the lock.** The worker waits in short slices and checks a
-  flag that the task sets when it is cancelled; the task waits for its worker to end,
-  and if the worker won the lock after all, the task releases it before re-raising.
-  So no worker outlives its task by more than one slice, and ``asyncio.run`` and
-  ``trio.run`` shut down promptly.
+  one lock queue FIFO in the loop's gate for that lock. While any wait, one thread of
+  aplock's own (never from AnyIO's default pool, which FastAPI's sync endpoints share)
+  waits on the OS semaphore in slices, is woken by the kernel when the lock is posted,
+  and grants it to the first task in the queue through that task's event loop.
+- **Cancellation never leaks the lock.** A task that stops waiting leaves the queue
+  under the gate's mutex; if the lock was granted to it meanwhile, it releases it. The
+  thread exits within one slice once no task waits, so ``asyncio.run`` and ``trio.run``
+  shut down promptly.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import asyncio
 import os
 import threading
 import weakref
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 from anyio import WouldBlock
 
 from ._deadline import Deadline, normalize_timeout
@@ -35,6 +35,7 @@ from ._handle import DEFAULT_MODE, Takeover
 from .sync import RECOVERY_INTERVAL, Acquisition, Lock, LockInfo
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
     from typing import Self
 
@@ -54,15 +55,49 @@ class AsyncLockStatistics:
     tasks_waiting: int
 
 
-class _Gate:
-    """The tasks of one event loop that wait for one lock: FIFO, one worker thread."""
+_WAITING, _GRANTED, _GONE, _FAILED = 0, 1, 2, 3
 
-    __slots__ = ("limiter", "queue", "waiting")
+
+class _Waiter:
+    """One task waiting in a gate; its state changes only under the gate's mutex."""
+
+    __slots__ = ("error", "event", "state", "takeover")
 
     def __init__(self) -> None:
-        self.queue = anyio.Lock()
-        self.limiter = anyio.CapacityLimiter(1)
-        self.waiting = 0
+        self.event = anyio.Event()
+        self.state = _WAITING
+        self.takeover: Takeover | None = None
+        self.error: BaseException | None = None
+
+
+class _Gate:
+    """The tasks of one event loop that wait for one lock: FIFO, at most one thread.
+
+    While tasks wait, one thread (the gate's server) waits on the OS semaphore in
+    slices; each time it gets the lock it grants it to the first waiting task, wakes
+    that task through its event loop, and goes back to waiting for the next one. It
+    exits once no task waits. A task that stops waiting leaves the queue under the
+    mutex; if the lock was granted to it meanwhile, it releases it.
+    """
+
+    __slots__ = ("mutex", "notify", "server", "waiters")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.waiters: deque[_Waiter] = deque()
+        self.server: threading.Thread | None = None
+        self.notify: Callable[[Callable[[], object]], object] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self.waiters)
+
+
+def _notifier(loop: object) -> Callable[[Callable[[], object]], object]:
+    """A thread-safe, non-blocking "run this soon in that event loop"."""
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return loop.call_soon_threadsafe
+    return loop.run_sync_soon  # type: ignore[attr-defined,no-any-return]
 
 
 # name -> event loop (asyncio loop or Trio token) -> gate
@@ -97,58 +132,6 @@ def _forget_gates() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_gates)
-
-
-class _Handoff:
-    """Hands a worker thread's acquisition to its task, or releases it if the task is gone.
-
-    Whichever comes second of "the worker won the lock" and "the task gave up" releases
-    it, under a mutex, so a cancelled wait never leaves the lock held by nobody, even if
-    the task stopped waiting for its worker (as ``Task.cancel()`` on asyncio can do).
-    """
-
-    __slots__ = ("acquired", "gave_up", "mutex", "stop", "takeover")
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self.acquired = False
-        self.gave_up = False
-        self.stop = False
-        self.takeover: Takeover | None = None
-
-    def stopping(self) -> bool:
-        """Polled by the worker between slices."""
-        return self.stop
-
-    def wait(self, lock: Lock, deadline: Deadline) -> bool:
-        """Runs in the worker thread."""
-        got, self.takeover = lock._wait_quietly(deadline, self.stopping)
-        if not got:
-            return False
-        with self.mutex:
-            if self.gave_up:
-                lock.release()
-                return False
-            self.acquired = True
-            return True
-
-    def give_up(self, lock: Lock) -> None:
-        """Runs in the task that stops waiting: release what the worker already won."""
-        self.stop = True
-        with self.mutex:
-            self.gave_up = True
-            if self.acquired:
-                self.acquired = False
-                lock.release()
-
-
-async def _stop_when_cancelled(handoff: _Handoff, finished: anyio.Event) -> None:
-    """Until *finished*, watch for the waiting task's cancellation and stop its worker."""
-    try:
-        await finished.wait()
-    finally:
-        if not finished.is_set():
-            handoff.stop = True
 
 
 class AsyncLock:
@@ -231,42 +214,35 @@ class AsyncLock:
             raise WouldBlock
 
     async def _wait(self, gate: _Gate, deadline: Deadline) -> bool:
-        gate.waiting += 1
+        waiter = _Waiter()
+        with gate.mutex:
+            gate.waiters.append(waiter)
+            if gate.server is None:
+                gate.notify = _notifier(_current_loop())
+                gate.server = threading.Thread(
+                    target=_serve,
+                    args=(self._lock, gate),
+                    name=f"aplock {self.name}",
+                    daemon=True,
+                )
+                gate.server.start()
         try:
             with anyio.move_on_after(_seconds(deadline)):
-                async with gate.queue:
-                    if self._lock.acquire(False):
-                        return True
-                    return await self._wait_in_thread(gate, deadline)
-            return False
-        finally:
-            gate.waiting -= 1
-
-    async def _wait_in_thread(self, gate: _Gate, deadline: Deadline) -> bool:
-        lock = self._lock
-        handoff = _Handoff()
-        finished = anyio.Event()
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_stop_when_cancelled, handoff, finished)
-                # Not abandoned on cancellation: the worker ends within one slice of
-                # being told to stop, and only then does this task go on (or re-raise).
-                acquired = await anyio.to_thread.run_sync(
-                    handoff.wait, lock, deadline, limiter=gate.limiter
-                )
-                finished.set()
+                await waiter.event.wait()
         except BaseException:
-            handoff.give_up(lock)
+            if _leave(gate, waiter):
+                self._lock.release()  # granted while we were being cancelled: give it back
+            with anyio.CancelScope(shield=True):
+                await _server_idle(gate)
             raise
-        if handoff.stop:
-            # Cancelled while the worker waited. Some backends deliver that cancellation
-            # only at the next checkpoint: give back what the worker won, then raise it.
-            handoff.give_up(lock)
-            await anyio.lowlevel.checkpoint_if_cancelled()
+        if waiter.error is not None:
+            raise waiter.error
+        if not _leave(gate, waiter):
+            await _server_idle(gate)
             return False
-        if acquired and handoff.takeover is not None:
-            lock._warn_abandoned(handoff.takeover, stacklevel=4)  # from the task, not the worker
-        return acquired
+        if waiter.takeover is not None:
+            self._lock._warn_abandoned(waiter.takeover, stacklevel=3)
+        return True
 
     def release(self) -> None:
         """Release the lock (synchronous, like ``asyncio.Lock.release``).
@@ -315,3 +291,77 @@ class AsyncLock:
 def _seconds(deadline: Deadline) -> float:
     left = deadline.remaining()
     return float("inf") if left is None else left
+
+
+def _leave(gate: _Gate, waiter: _Waiter) -> bool:
+    """Stop waiting; return whether the lock had been granted to *waiter*."""
+    with gate.mutex:
+        if waiter.state == _GRANTED:
+            return True
+        if waiter.state == _WAITING:
+            gate.waiters.remove(waiter)
+        waiter.state = _GONE
+        return False
+
+
+def _serve(lock: Lock, gate: _Gate) -> None:
+    """A gate's server thread; if waiting fails, every waiting task gets the error."""
+    try:
+        _grant_in_order(lock, gate)
+    except BaseException as exc:  # e.g. the lock was closed, or the OS refused a wait
+        with gate.mutex:
+            failed = list(gate.waiters)
+            gate.waiters.clear()
+            for waiter in failed:
+                waiter.state, waiter.error = _FAILED, exc
+            notify = gate.notify
+            gate.server = gate.notify = None
+        for waiter in failed:
+            try:
+                notify(waiter.event.set)  # type: ignore[misc]
+            except RuntimeError:  # its event loop is gone: nobody left to tell
+                break
+
+
+def _grant_in_order(lock: Lock, gate: _Gate) -> None:
+    """Grant the lock to the gate's waiting tasks, in order, until none waits."""
+    forever = Deadline(None)
+
+    def nobody_waits() -> bool:
+        return not gate.waiters
+
+    while True:
+        with gate.mutex:
+            if not gate.waiters:
+                gate.server = gate.notify = None
+                return
+        got, takeover = lock._wait_quietly(forever, nobody_waits)
+        if not got:
+            continue
+        with gate.mutex:
+            waiter = gate.waiters.popleft() if gate.waiters else None
+            if waiter is not None:
+                waiter.state = _GRANTED
+                waiter.takeover = takeover
+            notify = gate.notify
+        if waiter is None:
+            lock.release()  # everybody left meanwhile; exit at the top if still nobody
+            continue
+        try:
+            notify(waiter.event.set)  # type: ignore[misc]
+        except RuntimeError:  # its event loop is gone
+            lock.release()
+            with gate.mutex:
+                gate.server = gate.notify = None
+            return
+
+
+async def _server_idle(gate: _Gate) -> None:
+    """After the last waiter left: wait (at most a slice) until the server has stopped.
+
+    So that, once a cancelled or timed-out ``acquire()`` returns, no thread of this
+    process is still about to take the lock on its behalf.
+    """
+    server = gate.server
+    while server is not None and gate.server is server and not gate.waiters:
+        await anyio.sleep(0.001)

@@ -171,10 +171,10 @@ class Lock:
         Returns ``(acquired, takeover)``; ``takeover`` is set when the acquisition took
         over the lock of a holder that died, so that the caller can tell its user.
         """
-        h = self._h
         interval = self._recovery_interval
         check_at = time.monotonic() + interval if interval is not None else None
         while True:
+            h = self._h  # each slice: a close() from another thread ends the wait
             if h.wait(deadline.slice()) is not None:
                 return True, None
             if cancelled is not None and cancelled():
