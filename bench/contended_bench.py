@@ -1,0 +1,130 @@
+"""Metric 4: contended throughput of N processes on one lock, with a correctness check.
+
+Each process loops until a common deadline: acquire, read a shared counter, write it
+back plus one (a non-atomic read-modify-write that loses updates unless the lock
+excludes), release. Reported: total acquisitions per second, lost updates (total
+acquisitions minus the final counter: must be 0) and fairness (fewest / most
+acquisitions of any one process).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from ._core import Case, Field, Metric, Mode, Rows, Target, ratio_target, value_target
+from ._measure import forked, join_all, shared_words, workdir
+from ._sync_peers import NOTES, PEERS
+
+if TYPE_CHECKING:
+    from ._sync_peers import Context
+
+NAME = "contended"
+COUNTS = (2, 4, 8)
+COUNTER, STOP, OPS = 0, 1, 2  # word indices in the shared memory
+
+
+def cases(mode: Mode) -> list[Case]:
+    return [
+        Case(NAME, peer, f"N={n}", {"processes": n, "duration": mode.duration})
+        for n in COUNTS
+        for peer in PEERS
+    ]
+
+
+def _contend(peer_key: str, ctx: Context, me: int, ready: int, go: int, words: memoryview) -> None:
+    handle = PEERS[peer_key].open(ctx)
+    acquire, release, clock = handle.acquire, handle.release, time.perf_counter_ns
+    os.write(ready, b"r")
+    os.read(go, 1)
+    stop = words[STOP]
+    ops = 0
+    while clock() < stop:
+        acquire()
+        words[COUNTER] = words[COUNTER] + 1
+        release()
+        ops += 1
+    words[OPS + me] = ops
+
+
+def measure(case: Case, tag: str) -> dict[str, float]:
+    peer = PEERS[case.peer]
+    n = int(case.params["processes"])
+    duration = float(case.params["duration"])
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    mm, words = shared_words(OPS + n)
+    with workdir(tag) as tmp:
+        ctx = peer.prepare(tag, tmp)
+        try:
+            args = [(case.peer, ctx, i, ready_w, go_r, words) for i in range(n)]
+            with forked(_contend, args) as procs:
+                for _ in range(n):
+                    os.read(ready_r, 1)
+                start = time.perf_counter_ns()
+                words[STOP] = start + int(duration * 1e9)
+                os.write(go_w, b"g" * n)
+                join_all(procs, timeout=duration + 60)
+            elapsed = (words[STOP] - start) / 1e9
+            ops = [words[OPS + i] for i in range(n)]
+            counter = words[COUNTER]
+        finally:
+            peer.cleanup(ctx)
+            for fd in (ready_r, ready_w, go_r, go_w):
+                os.close(fd)
+            words.release()
+            mm.close()
+    total = sum(ops)
+    return {
+        "ops_per_s": total / elapsed,
+        "lost_updates": float(total - counter),
+        "fairness": min(ops) / max(ops) if max(ops) else 0.0,
+        "acquisitions": float(total),
+    }
+
+
+def targets(rows: Rows) -> list[Target]:
+    out = [
+        ratio_target(
+            rows,
+            NAME,
+            "contended N=8 >= 0.5x raw posix_ipc ops/s",
+            "N=8",
+            "posix_ipc",
+            "ops_per_s",
+            at_least=0.5,
+        ),
+        value_target(
+            rows, NAME, "contended N=8 fairness >= 0.8", "N=8", "aplock", "fairness", at_least=0.8
+        ),
+    ]
+    lost = [
+        rows[(f"N={n}", "aplock")]["lost_updates"] for n in COUNTS if (f"N={n}", "aplock") in rows
+    ]
+    out.append(
+        Target(
+            NAME,
+            "contended: zero lost updates (N=2, 4, 8)",
+            f"{sum(lost):.0f}" if lost else "n/a",
+            (sum(lost) == 0) if lost else None,
+        )
+    )
+    return out
+
+
+METRIC = Metric(
+    name=NAME,
+    title="4. Contended throughput, N processes on one lock (acquisitions/s, higher is better)",
+    fields=(
+        Field("ops_per_s", "ops/s"),
+        Field("lost_updates", "lost updates", agg="sum"),
+        Field("fairness", "fairness", ".2f"),
+        Field("acquisitions", "acquisitions", agg="sum"),
+    ),
+    higher_is_better=True,
+    cases=cases,
+    measure=measure,
+    targets=targets,
+    notes=(*NOTES, "fairness = fewest / most acquisitions of one process in the run"),
+)
