@@ -38,11 +38,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 try:
-    # The C function itself: ``signal.pthread_sigmask`` wraps it to turn the old mask
-    # into a set of ``Signals`` enums, which costs tens of microseconds per blocking wait.
+    # The C functions themselves: ``signal`` wraps them to turn masks into sets of
+    # ``Signals`` enums, which costs tens of microseconds per blocking wait.
     from _signal import pthread_sigmask as _sigmask  # type: ignore[import-not-found]
+    from _signal import sigpending as _sigpending
 except ImportError:  # pragma: no cover - not CPython
     _sigmask = signal.pthread_sigmask
+    _sigpending = signal.sigpending
 
 BusyError = posix_ipc.BusyError
 Semaphore = posix_ipc.Semaphore
@@ -200,7 +202,7 @@ def _on_main_thread() -> bool:
 
 
 def _handled_signal_pending() -> bool:
-    return any(callable(signal.getsignal(s)) for s in signal.sigpending())
+    return any(callable(signal.getsignal(s)) for s in _sigpending())
 
 
 @contextlib.contextmanager
