@@ -386,25 +386,29 @@ def test_run_returns_promptly_after_a_cancelled_wait(
     assert float(out.stdout) < 3.0, f"shutdown took {out.stdout.strip()}s"
 
 
-async def test_a_failed_wait_reaches_every_waiting_task(lock_name: str) -> None:
+async def test_a_failed_wait_reaches_every_waiting_task(
+    lock_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     alock = aplock.AsyncLock(lock_name)
     acquired = SPAWN.Event()
     errors: list[BaseException] = []
 
+    def failing_wait(*args: object) -> tuple[bool, None]:
+        raise aplock.LockUnavailableError(lock_name, "the OS refused the wait")
+
     async def waiter() -> None:
         try:
             await alock.acquire()
-        except aplock.LockClosedError as exc:
+        except aplock.LockUnavailableError as exc:
             errors.append(exc)
 
     with running(workers.hold_until_killed, lock_name, acquired) as (proc,):
         assert acquired.wait(60)
+        monkeypatch.setattr(aplock.Lock, "_wait_quietly", failing_wait)
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 for _ in range(3):
                     tg.start_soon(waiter)
-                await anyio.sleep(0.2)
-                alock.lock.close()  # the waiting thread's next slice fails
         proc.kill()
     assert len(errors) == 3
     assert all(lock_name in str(e) for e in errors)

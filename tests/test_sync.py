@@ -231,15 +231,17 @@ def test_close_is_idempotent_and_other_objects_keep_working(lock_name: str) -> N
 
 
 def test_handle_closes_with_last_user(lock_name: str) -> None:
+    import weakref
+
     a, b = aplock.Lock(lock_name), aplock.Lock(lock_name)
-    handle = a._h
-    assert isinstance(handle, _handle.Handle)
+    assert isinstance(a._h, _handle.Handle)
+    handle = weakref.ref(a._h)
     a.close()
-    assert handle in _handle.open_handles()
+    assert handle() in _handle.open_handles()
     b.close()
-    assert handle not in _handle.open_handles()
+    assert handle() is None, "the OS handle outlived its last user"
+    assert not [h for h in _handle.open_handles() if h.name == lock_name]
     c = aplock.Lock(lock_name)
-    assert c._h is not handle
     with c:
         pass
 

@@ -74,7 +74,6 @@ class Handle:
         "mm",
         "name",
         "names",
-        "refs",
         "sem",
         "token",
         "words",
@@ -112,7 +111,6 @@ class Handle:
         weakref.finalize(
             self, _posix.close, name, (self.sem, self.token), fds, self.mm, (self.words,)
         )
-        self.refs = 0
         self._suspect: _state.Snapshot | None = None
         self._suspect_since = 0.0
 
@@ -171,10 +169,25 @@ class Handle:
 
     def wait(self, seconds: float) -> int | None:
         """Wait up to *seconds* for the lock; return the new generation, or ``None``."""
-        return _posix.wait_then(self.sem, seconds, self.publish, self._undo)
+        return _posix.wait_then(self.sem, seconds, self.publish, self._undo, self.abandon)
 
     def _undo(self, _generation: int) -> None:
         self.release()
+
+    def abandon(self) -> None:
+        """We took ``L`` but an exception (a signal handler's) cut ``publish()`` short.
+
+        Undo what part of it ran: if the token was posted, this is a whole acquisition
+        and is released as such; otherwise clear our record and post ``L`` back.
+        """
+        try:
+            self.token.acquire(0)
+        except _BusyError:
+            if _posix.value(self.sem) not in (0, None):
+                return  # released already, by whoever it was handed to
+        if self.words[_PID_WORD] == self.me:
+            self.words[_PID_WORD] = 0
+        self.sem.release()
 
     def locked(self) -> bool:
         """Whether some thread or process holds the lock now."""
@@ -194,8 +207,10 @@ class Handle:
         if seen.pid <= 0 or not is_proven_dead(seen.holder):
             self._suspect = None
             return None
-        with self.guard.held():
-            if self.snapshot() != seen:
+        with self.guard.held(block=False) as got:
+            # Busy: someone (maybe frozen) is inside; try again at the next check rather
+            # than block a waiter's timeout or cancellation on it.
+            if not got or self.snapshot() != seen:
                 return None
             try:
                 self.token.acquire(0)
@@ -297,26 +312,20 @@ class ClosedHandle:
         )
 
 
-_registry: dict[str, Handle] = {}
+#: One handle per name per process: it stays registered, and open, for as long as
+#: anything uses it (lock objects, or a thread still waiting on it).
+_registry: weakref.WeakValueDictionary[str, Handle] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
 
 
 def acquire_handle(name: str, mode: int) -> Handle:
-    """This process's handle for *name*, opened on first use; counts a reference."""
+    """This process's handle for *name*, opened on first use."""
     with _registry_lock:
         handle = _registry.get(name)
         if handle is None:
-            handle = _registry[name] = Handle(name, mode)
-        handle.refs += 1
+            handle = Handle(name, mode)
+            _registry[name] = handle
         return handle
-
-
-def release_handle(handle: Handle) -> None:
-    """Drop a user; when the last is gone, forget the handle (it closes once unreferenced)."""
-    with _registry_lock:
-        handle.refs -= 1
-        if handle.refs == 0 and _registry.get(handle.name) is handle:
-            del _registry[handle.name]
 
 
 def open_handles() -> list[Handle]:

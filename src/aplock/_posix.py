@@ -201,8 +201,24 @@ def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _handled_signal_pending() -> bool:
-    return any(callable(signal.getsignal(s)) for s in _sigpending())
+def _handled_signal_pending(kept_blocked: set[int]) -> bool:
+    """Whether a signal with a Python handler waits to be delivered once we unblock.
+
+    Signals the application itself keeps blocked (*kept_blocked*) stay pending after
+    the slice too, so they do not count.
+    """
+    return any(callable(signal.getsignal(s)) for s in _sigpending() if s not in kept_blocked)
+
+
+def _block_signals() -> set[int]:
+    """Block the signals we defer; return the previous mask, restored if this is cut short."""
+    old: set[int] = _sigmask(signal.SIG_BLOCK, ())  # the current mask, unchanged
+    try:
+        _sigmask(signal.SIG_BLOCK, _BLOCKABLE)
+    except BaseException:  # a handler ran and raised on the way: leave nothing blocked
+        _sigmask(signal.SIG_SETMASK, old)
+        raise
+    return old
 
 
 @contextlib.contextmanager
@@ -211,7 +227,7 @@ def signals_deferred() -> Iterator[None]:
     if not _on_main_thread():
         yield
         return
-    old = _sigmask(signal.SIG_BLOCK, _BLOCKABLE)
+    old = _block_signals()
     try:
         yield
     finally:
@@ -219,34 +235,41 @@ def signals_deferred() -> Iterator[None]:
 
 
 def wait_then(
-    sem: posix_ipc.Semaphore, seconds: float, then: Callable[[], T], undo: Callable[[T], None]
+    sem: posix_ipc.Semaphore,
+    seconds: float,
+    then: Callable[[], T],
+    undo: Callable[[T], None],
+    abandon: Callable[[], None],
 ) -> T | None:
     """Wait up to *seconds* for *sem*; if it is taken, return ``then()``, else ``None``.
 
-    ``then`` runs with signals still deferred, so the acquisition is recorded before any
-    signal handler can interrupt; if a handler then raises, ``undo(result)`` gives the
-    acquisition back before the exception propagates. A handler that returns normally
-    just shortens this slice: the caller's loop goes on waiting.
+    On the main thread, signals are deferred during the wait and ``then`` runs before
+    they are delivered. A Python handler can still run early (when another thread
+    received the signal, say) and raise: if it raises inside ``then``, ``abandon()``
+    undoes the partial acquisition; if it raises when the signals are delivered,
+    ``undo(result)`` gives the completed one back. Either way the exception propagates
+    and the lock is not held. A handler that returns normally just shortens this slice:
+    the caller's loop goes on waiting.
     """
     if not HAS_TIMEDWAIT:
-        return _poll_then(sem, seconds, then)
+        return _poll_then(sem, seconds, then, abandon)
     if not _on_main_thread():
         try:
             sem.acquire(seconds)
         except (BusyError, posix_ipc.SignalError):
             return None
-        return then()
-    old = _sigmask(signal.SIG_BLOCK, _BLOCKABLE)
+        return _run_or_abandon(then, abandon)
+    old = _block_signals()
     result: T | None = None
     try:
         try:
             sem.acquire(seconds)
         except (BusyError, posix_ipc.SignalError):
             return None
-        if _handled_signal_pending():
+        if _handled_signal_pending(old):
             sem.release()  # give it back: a handler is about to run and may raise
             return None
-        result = then()
+        result = _run_or_abandon(then, abandon)
     finally:
         try:
             _sigmask(signal.SIG_SETMASK, old)
@@ -257,7 +280,17 @@ def wait_then(
     return result
 
 
-def _poll_then(sem: posix_ipc.Semaphore, seconds: float, then: Callable[[], T]) -> T | None:
+def _run_or_abandon(then: Callable[[], T], abandon: Callable[[], None]) -> T:
+    try:
+        return then()
+    except BaseException:
+        abandon()
+        raise
+
+
+def _poll_then(
+    sem: posix_ipc.Semaphore, seconds: float, then: Callable[[], T], abandon: Callable[[], None]
+) -> T | None:
     end = time.monotonic() + seconds
     while True:
         try:
@@ -268,7 +301,7 @@ def _poll_then(sem: posix_ipc.Semaphore, seconds: float, then: Callable[[], T]) 
                 return None
             time.sleep(min(POLL, left))  # signal handlers run here, as for any sleep
             continue
-        return then()
+        return _run_or_abandon(then, abandon)
 
 
 _NO_RECORD_LOCKS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOLCK}
@@ -320,17 +353,29 @@ class Guard:
         self._thread_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the guard for the body of a ``with`` block."""
-        with signals_deferred(), self._thread_lock:
+    def held(self, *, block: bool = True) -> Iterator[bool]:
+        """Hold the guard for a ``with`` block; with ``block=False``, only if it is free.
+
+        Yields whether it is held (always ``True`` when blocking).
+        """
+        with signals_deferred():
+            if not self._thread_lock.acquire(block):
+                yield False
+                return
             try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                raise _os_error(self._name, exc, "taking its guard") from None
-            try:
-                yield
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX if block else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if not block and exc.errno in (errno.EAGAIN, errno.EACCES):
+                        yield False
+                        return
+                    raise _os_error(self._name, exc, "taking its guard") from None
+                try:
+                    yield True
+                finally:
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
             finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                self._thread_lock.release()
 
 
 def record_entries() -> list[str]:

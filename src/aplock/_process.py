@@ -54,7 +54,10 @@ def start_time(pid: int) -> int:
     """Start time of *pid* in clock ticks since boot, or 0 where unknown."""
     if not HAS_PROC:
         return 0
-    stat = _read_stat(pid)
+    try:
+        stat = _read_stat(pid)
+    except PermissionError:
+        return 0
     return 0 if stat is None else stat[1]
 
 
@@ -96,11 +99,16 @@ def is_proven_dead(who: Identity) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:
-        pass
+        pass  # it exists, and belongs to another user
     if not HAS_PROC:
         return False
-    stat = _read_stat(who.pid)
+    try:
+        stat = _read_stat(who.pid)
+    except PermissionError:
+        return False  # /proc mounted with hidepid: cannot tell
     if stat is None:
-        return True
+        # The pid exists (kill said so) but /proc hides it, or it exited just now: not
+        # proof; the next check's kill() will tell.
+        return False
     state, start = stat
     return state in ("Z", "X", "x") or (who.start not in (0, start))

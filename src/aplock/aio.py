@@ -100,8 +100,9 @@ def _notifier(loop: object) -> Callable[[Callable[[], object]], object]:
     return loop.run_sync_soon  # type: ignore[attr-defined,no-any-return]
 
 
-# name -> event loop (asyncio loop or Trio token) -> gate
-_gates: dict[str, weakref.WeakKeyDictionary[object, _Gate]] = {}
+# (name, recovery interval) -> event loop (asyncio loop or Trio token) -> gate
+_GateKey = tuple[str, float | None]
+_gates: dict[_GateKey, weakref.WeakKeyDictionary[object, _Gate]] = {}
 _gates_lock = threading.Lock()
 
 
@@ -110,15 +111,17 @@ def _current_loop() -> object:
     return loop if loop is not None else anyio.lowlevel.current_token().native_token
 
 
-def _gate(name: str) -> _Gate:
+def _gate(lock: Lock) -> _Gate:
+    """The current event loop's gate for *lock*'s name and recovery setting."""
+    key = (lock.name, lock._recovery_interval)
     loop = _current_loop()
-    per_loop = _gates.get(name)
+    per_loop = _gates.get(key)
     if per_loop is not None:
         gate = per_loop.get(loop)
         if gate is not None:
             return gate
     with _gates_lock:
-        per_loop = _gates.setdefault(name, weakref.WeakKeyDictionary())
+        per_loop = _gates.setdefault(key, weakref.WeakKeyDictionary())
         gate = per_loop.get(loop)
         if gate is None:
             gate = per_loop[loop] = _Gate()
@@ -196,7 +199,7 @@ class AsyncLock:
         """
         await anyio.lowlevel.checkpoint()
         lock = self._lock
-        gate = _gate(lock.name)
+        gate = _gate(lock)
         if not gate.waiting and lock.acquire(False):
             return True
         wait = normalize_timeout(block, timeout)
@@ -219,9 +222,12 @@ class AsyncLock:
             gate.waiters.append(waiter)
             if gate.server is None:
                 gate.notify = _notifier(_current_loop())
+                # The server waits through a lock object of its own, so that closing
+                # any one waiter's object cannot end the others' waits.
+                own = Lock(self.name, recovery_interval=self._lock._recovery_interval)
                 gate.server = threading.Thread(
                     target=_serve,
-                    args=(self._lock, gate),
+                    args=(own, gate),
                     name=f"aplock {self.name}",
                     daemon=True,
                 )
@@ -267,7 +273,7 @@ class AsyncLock:
 
     def statistics(self) -> AsyncLockStatistics:
         """Whether the lock is held, and how many tasks of the current event loop wait."""
-        return AsyncLockStatistics(self.locked(), _gate(self.name).waiting)
+        return AsyncLockStatistics(self.locked(), _gate(self._lock).waiting)
 
     async def __aenter__(self) -> Self:
         await self.acquire()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 import warnings
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +104,7 @@ class Lock:
         True
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_h", "_mode", "_name", "_recovery_interval")
+    __slots__ = ("__weakref__", "_h", "_mode", "_name", "_recovery_interval")
 
     def __init__(
         self,
@@ -119,9 +118,7 @@ class Lock:
             raise ValueError(f"recovery_interval must be > 0 or None, not {recovery_interval!r}")
         self._mode = mode
         self._recovery_interval = recovery_interval
-        handle = _handle.acquire_handle(name, mode)
-        self._h: _handle.Handle | _handle.ClosedHandle = handle
-        self._finalizer = weakref.finalize(self, _handle.release_handle, handle)
+        self._h: _handle.Handle | _handle.ClosedHandle = _handle.acquire_handle(name, mode)
 
     @property
     def name(self) -> str:
@@ -147,7 +144,11 @@ class Lock:
         except _BusyError:
             pass
         else:
-            h.publish()
+            try:
+                h.publish()
+            except BaseException:  # a signal handler's exception: hold nothing
+                h.abandon()
+                raise
             return True
         if not block:
             return False
@@ -255,7 +256,6 @@ class Lock:
         """
         if isinstance(self._h, _handle.Handle):
             self._h = _handle.ClosedHandle(self._name)
-            self._finalizer()
 
     @property
     def closed(self) -> bool:
