@@ -133,27 +133,34 @@ def test_proof_of_death() -> None:
     assert _process.is_proven_dead(_process.Identity(pid, 0, me.ns))
 
 
-def test_exactly_one_of_several_waiting_processes_takes_over(
-    lock_name: str, tmp_path: os.PathLike[str]
-) -> None:
-    path = os.path.join(tmp_path, "counter")
+def takeover_round(lock_name: str, path: str, backends: list[str], delay: float) -> None:
+    """Kill a holder while one waiting process per entry of *backends* waits for it.
+
+    ``"sync"`` waits with ``Lock``, anything else with ``AsyncLock`` on that backend.
+    Exactly one waiter must take the lock over, with the warning, and the waiters'
+    read-modify-writes of the counter in *path* must not overlap.
+    """
     with open(path, "w") as f:
         f.write("0")
     acquired = SPAWN.Event()
-    ready = [SPAWN.Event() for _ in range(4)]
+    ready = [SPAWN.Event() for _ in backends]
     out: Any = SPAWN.Queue()
+    waiters = [
+        SPAWN.Process(target=workers.waiter_report, args=(lock_name, r, out, path))
+        if backend == "sync"
+        else SPAWN.Process(
+            target=workers.async_waiter_report, args=(lock_name, r, out, path, backend)
+        )
+        for r, backend in zip(ready, backends, strict=True)
+    ]
     with running(workers.hold_until_killed, lock_name, acquired) as (holder,):
         assert acquired.wait(60)
-        waiters = [
-            SPAWN.Process(target=workers.waiter_report, args=(lock_name, r, out, path))
-            for r in ready
-        ]
         for w in waiters:
             w.start()
         try:
             for r in ready:
                 assert r.wait(60)
-            time.sleep(0.3)  # let them all reach the semaphore wait
+            time.sleep(delay)
             kill(holder)
             results = [out.get(timeout=60) for _ in waiters]
         finally:
@@ -166,9 +173,15 @@ def test_exactly_one_of_several_waiting_processes_takes_over(
     assert len(takeovers) == 1, results
     assert takeovers[0][1] == holder.pid
     assert takeovers[0][2] == [holder.pid]
-    assert sum(bool(r[2]) for r in results) == 1
+    assert sum(bool(r[2]) for r in results) == 1, results
     with open(path) as f:
-        assert int(f.read()) == 4, "mutual exclusion broke after the takeover"
+        assert int(f.read()) == len(backends), "mutual exclusion broke after the takeover"
+
+
+def test_exactly_one_of_several_waiting_processes_takes_over(
+    lock_name: str, tmp_path: os.PathLike[str]
+) -> None:
+    takeover_round(lock_name, os.path.join(tmp_path, "counter"), ["sync"] * 4, delay=0.3)
 
 
 def test_detached_hand_off_is_never_taken_over(lock_name: str) -> None:
@@ -286,43 +299,7 @@ def kill_rounds(lock_name: str, rounds: int, seed: int, tmp: str) -> None:
     lock = aplock.Lock(lock_name)
     for i in range(rounds):
         path = os.path.join(tmp, f"counter{i}")
-        with open(path, "w") as f:
-            f.write("0")
-        acquired = SPAWN.Event()
-        ready = [SPAWN.Event() for _ in range(3)]
-        out: Any = SPAWN.Queue()
-        waiters = [
-            SPAWN.Process(target=workers.waiter_report, args=(lock_name, ready[0], out, path)),
-            *(
-                SPAWN.Process(
-                    target=workers.async_waiter_report,
-                    args=(lock_name, r, out, path, backend),
-                )
-                for r, backend in zip(ready[1:], ("asyncio", "trio"), strict=True)
-            ),
-        ]
-        with running(workers.hold_until_killed, lock_name, acquired) as (holder,):
-            assert acquired.wait(60)
-            for w in waiters:
-                w.start()
-            try:
-                for r in ready:
-                    assert r.wait(60)
-                time.sleep(rng.uniform(0, 0.5))
-                kill(holder)
-                results = [out.get(timeout=60) for _ in waiters]
-            finally:
-                for w in waiters:
-                    w.join(30)
-                    if w.is_alive():
-                        w.kill()
-                        w.join()
-        takeovers = [r for r in results if r[1] is not None]
-        assert len(takeovers) == 1, results
-        assert takeovers[0][1] == holder.pid
-        assert sum(bool(r[2]) for r in results) == 1, results
-        with open(path) as f:
-            assert int(f.read()) == 3, "mutual exclusion broke after the takeover"
+        takeover_round(lock_name, path, ["sync", "asyncio", "trio"], rng.uniform(0, 0.5))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert lock.acquire(timeout=5)
