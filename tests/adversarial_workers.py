@@ -639,9 +639,38 @@ def guard_is_free(name: str, out: Any) -> None:
     h = lock._h
     assert isinstance(h, _handle.Handle)
     try:
-        fcntl.lockf(h.guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(h.guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         out.send(False)
     else:
-        fcntl.lockf(h.guard_fd, fcntl.LOCK_UN)
+        fcntl.flock(h.guard_fd, fcntl.LOCK_UN)
         out.send(True)
+
+
+def guard_prober(name: str, flag: str, seconds: float, conn: Any) -> None:
+    """Take the lock's guard whenever it is free; count the times the owner of *flag*
+    (a word that another process sets while it holds the guard) was inside meanwhile."""
+    import fcntl
+
+    lock = aplock.Lock(name)
+    h = lock._h
+    assert isinstance(h, _handle.Handle)
+    fd = os.open(flag, os.O_RDWR)
+    mm = mmap.mmap(fd, 8)
+    os.close(fd)
+    words = memoryview(mm).cast("q")
+    conn.send("ready")
+    taken = inside = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            fcntl.flock(h.guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue
+        taken += 1
+        if words[0]:
+            inside += 1
+        fcntl.flock(h.guard_fd, fcntl.LOCK_UN)
+    words.release()
+    mm.close()
+    conn.send((taken, inside))

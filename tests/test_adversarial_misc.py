@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import signal
@@ -282,6 +283,55 @@ def test_fork_while_another_thread_is_inside_the_guard(lock_name: str) -> None:
     assert not lock.locked()
 
 
+GUARD_THEN_FORK = """
+import os, sys, threading, time, aplock
+lock = aplock.Lock(sys.argv[1])
+entered = threading.Event()
+def sit_in_guard():
+    with lock._h.guard.held():
+        entered.set()
+        time.sleep(600)
+threading.Thread(target=sit_in_guard, daemon=True).start()
+entered.wait(30)
+child = os.fork()
+if child == 0:                  # past its at-fork handlers: say so
+    print("child", os.getpid(), flush=True)
+    time.sleep(600)             # keeps every descriptor it inherited open
+    os._exit(0)
+time.sleep(600)
+"""
+
+
+def test_a_guard_held_by_a_killed_parent_is_free_while_its_forked_child_lives(
+    lock_name: str,
+) -> None:
+    """A forked child gets a guard descriptor of its own: one inherited from a parent
+    that dies inside the guard would otherwise keep the guard taken while the child lives."""
+    lock = aplock.Lock(lock_name)
+    h = handle_of(lock)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GUARD_THEN_FORK, lock_name], stdout=subprocess.PIPE, text=True
+    )
+    child = 0
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline().split()[1])
+        with h.guard.held(block=False) as got:
+            assert not got, "the guard is free while the parent sits in it"
+        proc.kill()
+        proc.wait(30)
+        with h.guard.held(block=False) as got:
+            assert got, "the dead parent's guard stays held by its forked child"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        if child:
+            os.kill(child, signal.SIGKILL)  # an orphan now: init reaps it
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
 def test_fork_while_another_thread_waits(lock_name: str) -> None:
     lock = aplock.Lock(lock_name)
     acquired, release = SPAWN.Event(), SPAWN.Event()
@@ -535,14 +585,15 @@ def wait_on_first():
 def parked():
     frame = sys._current_frames().get(waiter.ident)
     while frame is not None:
-        if frame.f_code.co_name == "wait_then":
+        if frame.f_code.co_name == "_wait_quietly":
             return True
         frame = frame.f_back
     return False
 waiter = threading.Thread(target=wait_on_first)
 waiter.start()
-while not parked():             # waiting in a slice, on the handle of `first`
+while not parked():             # waiting in slices, on the handle of `first`
     time.sleep(0.005)
+time.sleep(0.1)
 first.close()
 second = aplock.Lock(name)
 h = second._h
@@ -551,7 +602,7 @@ with h.guard.held():
     probe = os.fork()
     if probe == 0:
         try:
-            fcntl.lockf(h.guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(h.guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os._exit(1)         # held by the parent: as it should be
         os._exit(0)
@@ -574,3 +625,93 @@ def test_the_guard_survives_other_handles_of_the_name_closing(lock_name: str) ->
     )
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
     assert proc.stdout.split()[-1] == "guard-held", proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_guard_holds_while_other_threads_open_and_drop_lock_objects(
+    lock_name: str, tmp_path: os.PathLike[str]
+) -> None:
+    """The natural ``with aplock.Lock(name):`` per call: objects (and so handles) come and
+    go in some threads while another thread is inside the guard."""
+    flag = os.path.join(tmp_path, "flag")
+    with open(flag, "wb") as f:
+        f.write(b"\0" * 8)
+    fd = os.open(flag, os.O_RDWR)
+    mm = mmap.mmap(fd, 8)
+    os.close(fd)
+    words = memoryview(mm).cast("q")
+    aplock.Lock(lock_name).close()  # create the lock's objects
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            aplock.Lock(lock_name)  # dropped at once: its handle dies unless in use
+
+    def sit_in_guard() -> None:
+        while not stop.is_set():
+            h = handle_of(aplock.Lock(lock_name))
+            with h.guard.held():
+                words[0] = 1
+                for _ in range(100):
+                    pass
+                words[0] = 0
+            del h
+
+    r, w = SPAWN.Pipe(duplex=False)
+    try:
+        with running(aw.guard_prober, lock_name, flag, 6.0, w) as (prober,):
+            assert r.poll(60)
+            assert r.recv() == "ready"
+            threads = [threading.Thread(target=churn) for _ in range(2)]
+            threads.append(threading.Thread(target=sit_in_guard))
+            for t in threads:
+                t.start()
+            try:
+                assert r.poll(60)
+                taken, inside = r.recv()
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(30)
+            prober.join(30)
+    finally:
+        words.release()
+        mm.close()
+    assert taken > 0
+    assert inside == 0, f"another process took the guard {inside} times while it was held"
+
+
+def test_an_interrupted_acquire_racing_a_release_never_posts_twice(lock_name: str) -> None:
+    """The interleaving, step by step (each step is real code, in the order two threads
+    can run it): an acquire whose publish() is cut short by a signal handler's exception
+    right after it posted the token, while another thread releases the lock (as any
+    thread may) and has taken the token but not yet posted ``L``."""
+    lock = aplock.Lock(lock_name)
+    h = handle_of(lock)
+    h.sem.acquire(0)  # the acquire takes L...
+    before = h.words[_state.GENERATION_WORD]
+    h.publish()  # ...records itself and posts H; the handler's exception comes right after
+    h.token.acquire(0)  # the racing release() takes H...
+    h.give_back(before)  # ...while the interrupted acquire gives back what it took...
+    h.words[_state.PID_WORD] = 0  # ...and the release goes on:
+    h.sem.release()
+    values = (h.sem.value, h.token.value)
+    assert values == (1, 0), f"semaphores {values}: two holders can get in"
+
+
+def test_an_interrupted_acquire_never_gives_back_a_later_acquisition(lock_name: str) -> None:
+    """As above, but the racing release has finished and another acquire has taken the
+    lock since: giving back must leave that later acquisition alone."""
+    lock = aplock.Lock(lock_name)
+    h = handle_of(lock)
+    h.sem.acquire(0)
+    before = h.words[_state.GENERATION_WORD]
+    h.publish()  # the handler's exception comes right after this
+    lock.release()  # a racing release, whole
+    assert lock.acquire(False)  # a later acquisition
+    h.give_back(before)  # the interrupted acquire gives back what it took
+    assert (h.sem.value, h.token.value) == (0, 1), "the later acquisition was released"
+    assert lock.acquisition is not None
+    assert lock.acquisition.generation == before + 2
+    lock.release()
+    assert (h.sem.value, h.token.value) == (1, 0)

@@ -120,22 +120,22 @@ def test_read_only_dev_shm() -> None:
 def test_guard_falls_back_to_a_file_without_record_locks(
     lock_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where shared memory has no POSIX record locks (macOS), a guard file stands in."""
+    """Where shared memory cannot be locked (macOS), a guard file stands in."""
     import errno
     import fcntl
 
     from aplock import _handle, _posix
 
-    real = fcntl.lockf
+    real = fcntl.flock
     probed: list[int] = []
 
-    def no_locks_on_shm(fd: int, cmd: int, *args: int) -> None:
+    def no_locks_on_shm(fd: int, cmd: int) -> None:
         if os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/shm/"):
             probed.append(fd)
             raise OSError(errno.EOPNOTSUPP, "Operation not supported")
-        real(fd, cmd, *args)
+        real(fd, cmd)
 
-    monkeypatch.setattr(fcntl, "lockf", no_locks_on_shm)
+    monkeypatch.setattr(fcntl, "flock", no_locks_on_shm)
     lock = aplock.Lock(lock_name)
     handle = lock._h
     assert isinstance(handle, _handle.Handle)

@@ -4,9 +4,12 @@ One lock is three OS objects: the lock semaphore ``L`` (1 when free), the token
 semaphore ``H`` (1 while an acquisition is complete) and the state record ``R``.
 Invariant: ``L + H <= 1``, so no two holders can ever exist, whatever users do.
 
-- acquire:  wait ``L`` -> write ``R`` (holder last) -> post ``H``
+- acquire:  wait ``L`` -> write ``R`` (generation first, holder last) -> post ``H``
 - release:  trywait ``H`` (exactly one racing releaser wins; the rest get
   ``LockNotHeldError``) -> clear ``R.pid`` -> post ``L``
+- give back (an acquire interrupted by a signal handler's exception): if ``R``'s
+  generation is unchanged, post ``L``; else, under the guard, trywait ``H`` and free the
+  lock only if ``R`` still holds the interrupted acquisition's generation.
 - recover:  under the guard, when ``R`` names a holder proven dead: trywait ``H`` and,
   if ``R`` still names that holder, write ourselves into ``R`` and post ``H`` back.
   ``L`` stays taken: the dead holder's acquisition becomes ours.
@@ -15,6 +18,8 @@ Every uncontended step is a userspace atomic in glibc: no system call, no guard.
 guard (``_posix.Guard``) serializes only the rare paths: recovery, hand-off, release by a
 process other than the recorded holder, and a release that found ``H`` busy.
 
+A signal handler's exception can surface after any call: ``try_take`` and ``take`` say
+how each instant is undone, with no call in between for a second handler to interrupt.
 A process dies *between* two of these steps only in a window of a few bytecodes (see
 ``docs/concepts.md``). If it dies after writing ``R`` and before the matching step on
 the other semaphore, ``R`` names it, ``H`` and ``L`` are both 0, and no live process is
@@ -24,6 +29,7 @@ unchanged for ``STUCK_AFTER`` seconds repairs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -44,8 +50,12 @@ STUCK_AFTER = 0.5
 _HOLD = _state.HOLD
 _HOLD_AT = _state.HOLD_OFFSET
 _GEN_WORD = _state.GENERATION_WORD
+_START_WORD = _state.START_WORD
+_NS_WORD = _state.NS_WORD
+_AT_WORD = _state.ACQUIRED_AT_WORD
 _PID_WORD = _state.PID_WORD
 _BusyError = _posix.BusyError
+_SignalError = _posix.SignalError
 _now = time.time
 
 
@@ -75,6 +85,7 @@ class Handle:
         "name",
         "names",
         "sem",
+        "times",
         "token",
         "words",
     )
@@ -83,7 +94,9 @@ class Handle:
         self.name = name
         self.names: PosixNames = posix_names(name, short=_posix.SHORT_NAMES)
         self.fd, self.mm, owner = _posix.open_record(name, self.names.record, mode, _state.SIZE)
-        try:
+        with contextlib.ExitStack() as undo:  # close what was opened if a later step fails
+            undo.callback(os.close, self.fd)
+            undo.callback(self.mm.close)
             if owner != os.geteuid() and mode == DEFAULT_MODE and os.geteuid() != 0:
                 raise LockPermissionError(
                     name,
@@ -91,103 +104,198 @@ class Handle:
                     "name, or pass the mode the owner shared it with (e.g. mode=0o666)",
                 )
             self.sem = _posix.open_semaphore(name, self.names.semaphore, mode, 1)
+            undo.callback(self.sem.close)
             self.token = _posix.open_semaphore(name, self.names.token, mode, 0)
-        except BaseException:
-            self.mm.close()
-            os.close(self.fd)
-            raise
+            undo.callback(self.token.close)
+            self.guard_fd = _posix.open_guard(name, self.fd, self.names.base, mode)
+            undo.pop_all()
         if _state.NAME_LEN.unpack_from(self.mm, _state.NAME_LEN_OFFSET)[0] == 0:
             raw = _state.encode_name(name)
             self.mm[_state.NAME_OFFSET : _state.NAME_OFFSET + len(raw)] = raw
             _state.NAME_LEN.pack_into(self.mm, _state.NAME_LEN_OFFSET, len(raw))
-        self.guard_fd = _posix.open_guard(name, self.fd, self.names.base, mode)
         self.guard = _posix.Guard(name, self.guard_fd)
         #: The record as 64-bit words: one aligned store per field on the hot path.
         self.words = memoryview(self.mm).cast("q")
+        self.times = memoryview(self.mm).cast("d")
         self._remember_identity()
         # The OS handles close when the last reference to this object goes, never while
         # a thread still waits on them (closing a semaphore under a waiter is a crash).
-        fds = (self.fd,) if self.guard_fd == self.fd else (self.fd, self.guard_fd)
         weakref.finalize(
-            self, _posix.close, name, (self.sem, self.token), fds, self.mm, (self.words,)
+            self,
+            _posix.close,
+            name,
+            (self.sem, self.token),
+            (self.fd, self.guard_fd),
+            self.mm,
+            (self.words, self.times),
         )
         self._suspect: _state.Snapshot | None = None
         self._suspect_since = 0.0
 
-    # -- the uncontended path ------------------------------------------------------
+    # -- taking and releasing ------------------------------------------------------
 
-    def try_acquire(self) -> int | None:
-        """Take the lock if it is free; return the new generation, or ``None``."""
+    def try_take(self) -> int | None:
+        """Take the lock if it is free, without waiting; return the new generation, or ``None``.
+
+        A Python signal handler runs between two bytecodes of the main thread, and its
+        exception can surface right after ``L`` was taken or anywhere after. Whatever
+        the instant, it propagates and nothing is held: the steps that undo it are
+        written out here (and in ``take``), with no call in between that a second
+        handler could interrupt.
+        """
+        sem = self.sem
         try:
-            self.sem.acquire(0)
+            sem.acquire(0)
         except _BusyError:
             return None
-        return self.publish()
+        except BaseException:
+            sem.release()  # taken just before the exception
+            raise
+        words = self.words
+        before = words[_GEN_WORD]
+        try:
+            return self.publish()
+        except BaseException:
+            if words[_GEN_WORD] == before:
+                sem.release()  # publish() never started: only L is ours
+            else:
+                self.give_back(before)
+            raise
+
+    def take(self, seconds: float) -> int | None:
+        """Wait up to *seconds* for the lock; return the new generation, or ``None``.
+
+        Exceptions are handled as in ``try_take``. On the main thread, signals are also
+        deferred while it waits (posix_ipc cannot resume a wait that a signal
+        interrupted) and their handlers run once the outcome is settled.
+        """
+        if not _posix.HAS_TIMEDWAIT:
+            return self._poll(seconds)
+        sem = self.sem
+        old = _posix.defer_signals()
+        generation: int | None = None
+        try:
+            try:
+                sem.acquire(seconds)
+            except (_BusyError, _SignalError):
+                return None
+            except BaseException:
+                sem.release()
+                raise
+            words = self.words
+            before = words[_GEN_WORD]
+            try:
+                # A handler that runs once signals are unblocked may raise: if one is
+                # pending, give the lock back rather than hand it to a caller that is
+                # about to be interrupted.
+                pending = old is not None and _posix.handled_signal_pending(old)
+                if not pending:
+                    generation = self.publish()
+            except BaseException:
+                if words[_GEN_WORD] == before:
+                    sem.release()
+                else:
+                    self.give_back(before)
+                raise
+            if pending:
+                sem.release()
+        finally:
+            if old is not None:
+                try:
+                    _posix.restore_signals(old)
+                except BaseException:
+                    if generation is not None:
+                        self.give_back(before)
+                    raise
+        return generation
+
+    def _poll(self, seconds: float) -> int | None:
+        """``take`` where the platform has no timed wait: try every ``POLL`` seconds."""
+        end = time.monotonic() + seconds
+        while True:
+            generation = self.try_take()
+            if generation is not None:
+                return generation
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(_posix.POLL, left))  # signal handlers run here, as for any sleep
 
     def publish(self) -> int:
-        """We hold ``L``: record ourselves as holder, then publish the token."""
-        generation = self.words[_GEN_WORD] + 1
-        _HOLD.pack_into(self.mm, _HOLD_AT, generation, self.me_start, self.me_ns, _now(), self.me)
-        self.token.release()
+        """We hold ``L``: record ourselves as holder, then publish the token.
+
+        Between the first store and the token's post there is no call, so no signal
+        handler can run in between: once the new generation is stored, the whole record
+        is written and the token posted. That is what ``give_back`` relies on.
+        """
+        now = _now()
+        words = self.words
+        generation = words[_GEN_WORD] + 1
+        words[_GEN_WORD] = generation
+        try:
+            self.times[_AT_WORD] = now
+            words[_START_WORD] = self.me_start
+            words[_NS_WORD] = self.me_ns
+            words[_PID_WORD] = self.me  # the holder last: see _state
+        finally:
+            self.token.release()
         return generation
+
+    def give_back(self, before: int) -> None:
+        """Undo an acquisition whose ``publish()`` ran but whose caller was interrupted.
+
+        *before* is the generation read right after ``L`` was taken, so this acquisition
+        is generation ``before + 1`` and its token was posted. Any thread or process may
+        have released it since (and another may hold the lock now): under the guard, the
+        token is taken and the lock freed only if it is still that acquisition's.
+        """
+        words = self.words
+        with self.guard.held():
+            took = True
+            try:
+                self.token.acquire(0)
+            except _BusyError:
+                took = False  # a releaser has it (and posts L), or a later holder is publishing
+            finally:
+                if took:
+                    if words[_GEN_WORD] == before + 1:
+                        words[_PID_WORD] = 0
+                        self.sem.release()
+                    else:
+                        self.token.release()  # a later acquisition's token: put it back
 
     def _remember_identity(self) -> None:
         me = identity()
         self.me, self.me_start, self.me_ns = me.pid, me.start, me.ns
 
-    def looks_held(self) -> bool:
-        """A cheap check that may say "held" only while some acquisition is in force."""
-        if _posix.HAS_VALUE:
-            return self.sem.value == 0
-        return self.words[_PID_WORD] != 0
-
     def release(self) -> None:
         """Release the lock; ``LockNotHeldError`` if nobody holds it."""
-        words = self.words
-        if words[_PID_WORD] == self.me:
-            try:
-                self.token.acquire(0)
-            except _BusyError:
-                pass
-            else:
-                words[_PID_WORD] = 0
-                self.sem.release()
-                return
+        if self.words[_PID_WORD] == self.me and self._free():
+            return
         with self.guard.held():
-            try:
-                self.token.acquire(0)
-            except _BusyError:
+            if not self._free():
                 raise LockNotHeldError(
                     self.name,
                     "release() called but nobody holds it; release each acquisition exactly "
                     "once (use 'with lock:' to pair them)",
-                ) from None
-            words[_PID_WORD] = 0
-            self.sem.release()
+                )
 
-    # -- waiting -------------------------------------------------------------------
+    def _free(self) -> bool:
+        """Take the token and free the lock; ``False`` if there was no token to take.
 
-    def wait(self, seconds: float) -> int | None:
-        """Wait up to *seconds* for the lock; return the new generation, or ``None``."""
-        return _posix.wait_then(self.sem, seconds, self.publish, self._undo, self.abandon)
-
-    def _undo(self, _generation: int) -> None:
-        self.release()
-
-    def abandon(self) -> None:
-        """We took ``L`` but an exception (a signal handler's) cut ``publish()`` short.
-
-        Undo what part of it ran: if the token was posted, this is a whole acquisition
-        and is released as such; otherwise clear our record and post ``L`` back.
+        Exactly one of any number of racing releasers takes the token. Once taken, the
+        release completes even if a signal handler's exception arrives right then.
         """
+        took = True
         try:
             self.token.acquire(0)
         except _BusyError:
-            if _posix.value(self.sem) not in (0, None):
-                return  # released already, by whoever it was handed to
-        if self.words[_PID_WORD] == self.me:
-            self.words[_PID_WORD] = 0
-        self.sem.release()
+            took = False
+        finally:
+            if took:
+                self.words[_PID_WORD] = 0
+                self.sem.release()
+        return took
 
     def locked(self) -> bool:
         """Whether some thread or process holds the lock now."""
@@ -243,12 +351,16 @@ class Handle:
         """Under the guard, owning the token (or repairing its loss): become the holder."""
         mm = self.mm
         generation = seen.generation + 1
-        _state.RECOVERY.pack_into(
-            mm, _state.RECOVERY_OFFSET, seen.recoveries + 1, seen.pid, generation
-        )
-        me = identity()
-        _HOLD.pack_into(mm, _HOLD_AT, generation, me.start, me.ns, _now(), me.pid)
-        self.token.release()
+        try:
+            _state.RECOVERY.pack_into(
+                mm, _state.RECOVERY_OFFSET, seen.recoveries + 1, seen.pid, generation
+            )
+            _HOLD.pack_into(mm, _HOLD_AT, generation, self.me_start, self.me_ns, _now(), self.me)
+        finally:
+            # Cut short by a signal handler's exception, this leaves either the dead
+            # holder's acquisition (for the next waiter to take over) or a whole one of
+            # ours: never a recorded holder without its token.
+            self.token.release()
         return Takeover(generation, seen.pid, seen.generation)
 
     def repair_stuck(self, observe: float) -> bool:
@@ -277,6 +389,7 @@ class Handle:
 
     def hand_off(self, to: Identity | None) -> None:
         """Record *to* (or nobody: detached) as the holder of the current acquisition."""
+        who = to or Identity(_state.DETACHED, 0, 0)
         with self.guard.held():
             try:
                 self.token.acquire(0)
@@ -284,15 +397,24 @@ class Handle:
                 raise LockNotHeldError(
                     self.name, "hand_off() needs the lock to be held; acquire it first"
                 ) from None
-            snap = self.snapshot()
-            who = to or Identity(_state.DETACHED, 0, 0)
-            _HOLD.pack_into(
-                self.mm, _HOLD_AT, snap.generation, who.start, who.ns, snap.acquired_at, who.pid
-            )
-            self.token.release()
+            except BaseException:
+                self.token.release()  # taken just before a signal handler raised
+                raise
+            try:
+                snap = self.snapshot()
+                _HOLD.pack_into(
+                    self.mm, _HOLD_AT, snap.generation, who.start, who.ns, snap.acquired_at, who.pid
+                )
+            finally:
+                self.token.release()
 
     def reset_after_fork(self) -> None:
-        """Forget this process's in-memory state in a forked child (the OS handles stay)."""
+        """Forget this process's in-memory state in a forked child.
+
+        The semaphores and the record stay valid; the guard's descriptor is reopened so
+        that this process's guard is its own, not its parent's.
+        """
+        _posix.reopen_guard(self.name, self.guard_fd, self.names.base)
         self.guard = _posix.Guard(self.name, self.guard_fd)
         self._remember_identity()
         self._suspect = None

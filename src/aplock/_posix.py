@@ -5,11 +5,13 @@
 - Errors become aplock errors that name the lock; no ``posix_ipc`` exception escapes.
 - Blocking waits are bounded slices. posix_ipc turns ``EINTR`` into ``SignalError`` and
   swallows any exception a Python signal handler raised; so on the main thread signals
-  are blocked during a slice and run right after it, where a handler's own exception
-  propagates normally. Where ``sem_timedwait`` is missing (macOS), waits poll
-  ``sem_trywait`` with a short sleep instead.
-- The guard is a POSIX record lock (``lockf``) on the state record: the kernel drops it
-  when its holder dies, so it can never wedge.
+  are deferred during a slice (``defer_signals``) and run right after it, where a
+  handler's own exception propagates normally. Where ``sem_timedwait`` is missing
+  (macOS), ``HAS_TIMEDWAIT`` is false and waits poll ``sem_trywait`` every ``POLL``
+  seconds instead.
+- The guard is a ``flock`` on the state record's open file description: the kernel drops
+  it when its holder dies, so it can never wedge, and, unlike a POSIX record lock, closing
+  some other descriptor of the same file in the same process does not drop it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import signal
 import sys
 import tempfile
 import threading
-import time
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import posix_ipc
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
     from ._names import PosixNames
 
-T = TypeVar("T")
 
 try:
     # The C functions themselves: ``signal`` wraps them to turn masks into sets of
@@ -47,6 +47,7 @@ except ImportError:  # pragma: no cover - not CPython
     _sigpending = signal.sigpending
 
 BusyError = posix_ipc.BusyError
+SignalError = posix_ipc.SignalError
 Semaphore = posix_ipc.Semaphore
 
 #: Whether semaphore names are limited to 31 characters (macOS and other BSDs).
@@ -54,6 +55,8 @@ SHORT_NAMES = not sys.platform.startswith("linux")
 HAS_TIMEDWAIT = posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED and sys.platform != "darwin"
 HAS_VALUE = posix_ipc.SEMAPHORE_VALUE_SUPPORTED
 SHM_DIR = "/dev/shm"
+#: Whether a descriptor can be reopened through ``/proc`` (Linux).
+HAS_PROC_FD = os.path.isdir("/proc/self/fd")
 #: Poll interval where ``sem_timedwait`` is missing.
 POLL = 0.002
 
@@ -140,7 +143,7 @@ def close(
     sems: tuple[posix_ipc.Semaphore, ...],
     fds: tuple[int, ...],
     mm: mmap.mmap,
-    views: tuple[memoryview, ...],
+    views: tuple[memoryview[Any], ...],
 ) -> None:
     """Close this process's handles (the objects themselves stay)."""
     try:
@@ -201,7 +204,7 @@ def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _handled_signal_pending(kept_blocked: set[int]) -> bool:
+def handled_signal_pending(kept_blocked: set[int]) -> bool:
     """Whether a signal with a Python handler waits to be delivered once we unblock.
 
     Signals the application itself keeps blocked (*kept_blocked*) stay pending after
@@ -210,8 +213,14 @@ def _handled_signal_pending(kept_blocked: set[int]) -> bool:
     return any(callable(signal.getsignal(s)) for s in _sigpending() if s not in kept_blocked)
 
 
-def _block_signals() -> set[int]:
-    """Block the signals we defer; return the previous mask, restored if this is cut short."""
+def defer_signals() -> set[int] | None:
+    """On the main thread, block the signals we defer and return the previous mask.
+
+    Returns ``None`` on other threads (Python signal handlers never run there). Pass the
+    mask to ``restore_signals`` once the deferred section is over.
+    """
+    if not _on_main_thread():
+        return None
     old: set[int] = _sigmask(signal.SIG_BLOCK, ())  # the current mask, unchanged
     try:
         _sigmask(signal.SIG_BLOCK, _BLOCKABLE)
@@ -221,114 +230,61 @@ def _block_signals() -> set[int]:
     return old
 
 
+def restore_signals(old: set[int]) -> None:
+    """Put back the mask ``defer_signals`` returned: deferred handlers run now."""
+    _sigmask(signal.SIG_SETMASK, old)
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """On the main thread, hold back signals for the block; their handlers run after it."""
-    if not _on_main_thread():
-        yield
-        return
-    old = _block_signals()
+    old = defer_signals()
     try:
         yield
     finally:
-        _sigmask(signal.SIG_SETMASK, old)
+        if old is not None:
+            restore_signals(old)
 
 
-def wait_then(
-    sem: posix_ipc.Semaphore,
-    seconds: float,
-    then: Callable[[], T],
-    undo: Callable[[T], None],
-    abandon: Callable[[], None],
-) -> T | None:
-    """Wait up to *seconds* for *sem*; if it is taken, return ``then()``, else ``None``.
-
-    On the main thread, signals are deferred during the wait and ``then`` runs before
-    they are delivered. A Python handler can still run early (when another thread
-    received the signal, say) and raise: if it raises inside ``then``, ``abandon()``
-    undoes the partial acquisition; if it raises when the signals are delivered,
-    ``undo(result)`` gives the completed one back. Either way the exception propagates
-    and the lock is not held. A handler that returns normally just shortens this slice:
-    the caller's loop goes on waiting.
-    """
-    if not HAS_TIMEDWAIT:
-        return _poll_then(sem, seconds, then, abandon)
-    if not _on_main_thread():
-        try:
-            sem.acquire(seconds)
-        except (BusyError, posix_ipc.SignalError):
-            return None
-        return _run_or_abandon(then, abandon)
-    old = _block_signals()
-    result: T | None = None
-    try:
-        try:
-            sem.acquire(seconds)
-        except (BusyError, posix_ipc.SignalError):
-            return None
-        if _handled_signal_pending(old):
-            sem.release()  # give it back: a handler is about to run and may raise
-            return None
-        result = _run_or_abandon(then, abandon)
-    finally:
-        try:
-            _sigmask(signal.SIG_SETMASK, old)
-        except BaseException:
-            if result is not None:
-                undo(result)
-            raise
-    return result
-
-
-def _run_or_abandon(then: Callable[[], T], abandon: Callable[[], None]) -> T:
-    try:
-        return then()
-    except BaseException:
-        abandon()
-        raise
-
-
-def _poll_then(
-    sem: posix_ipc.Semaphore, seconds: float, then: Callable[[], T], abandon: Callable[[], None]
-) -> T | None:
-    end = time.monotonic() + seconds
-    while True:
-        try:
-            sem.acquire(0)
-        except BusyError:
-            left = end - time.monotonic()
-            if left <= 0:
-                return None
-            time.sleep(min(POLL, left))  # signal handlers run here, as for any sleep
-            continue
-        return _run_or_abandon(then, abandon)
-
-
-_NO_RECORD_LOCKS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOLCK}
+_NO_FLOCK = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOLCK}
+_BUSY = {errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK}
 
 
 def guard_path(base: str) -> str:
-    """Where a lock's guard file lives on platforms whose shared memory has no record locks."""
+    """Where a lock's guard file lives on platforms whose shared memory cannot be locked."""
     return os.path.join(tempfile.gettempdir(), f"aplock-{os.geteuid()}", f"{base}.guard")
 
 
 def open_guard(name: str, record_fd: int, base: str, mode: int) -> int:
-    """The descriptor the guard locks: the record's own, or a guard file where needed.
+    """A descriptor of the guard's own, with an open file description nothing else shares.
 
-    Linux supports POSIX record locks on shared memory; where the platform does not
-    (``lockf`` fails with ``ENOTSUP``/``EINVAL``), a file beside the other users' guard
-    files takes its place. Both are released by the kernel when their holder dies.
+    On Linux it is the state record, opened once more through ``/proc/self/fd`` (the
+    record's own description is shared with the ``mmap``'s copy of its descriptor, which
+    a forked child would keep). Where shared memory cannot be locked (``flock`` fails
+    with ``ENOTSUP``/``EINVAL``), or there is no ``/proc`` to reopen a descriptor by
+    after a fork (see ``reopen_guard``), a file beside the other users' guard files takes
+    its place. Both are released by the kernel when their holder dies.
     """
+    if not HAS_PROC_FD:
+        return _open_guard_file(name, base, mode)
     try:
-        fcntl.lockf(record_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.lockf(record_fd, fcntl.LOCK_UN)
+        fd = os.open(f"/proc/self/fd/{record_fd}", os.O_RDWR)
     except OSError as exc:
-        if exc.errno not in _NO_RECORD_LOCKS:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return record_fd  # supported: someone holds the guard right now
+        raise _os_error(name, exc, "opening its guard") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        if exc.errno in _BUSY:
+            return fd  # supported: someone holds the guard right now
+        os.close(fd)
+        if exc.errno not in _NO_FLOCK:
             raise _os_error(name, exc, "probing its guard") from None
-    else:
-        return record_fd
+        return _open_guard_file(name, base, mode)
+    return fd
+
+
+def _open_guard_file(name: str, base: str, mode: int) -> int:
     path = guard_path(base)
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -337,12 +293,32 @@ def open_guard(name: str, record_fd: int, base: str, mode: int) -> int:
         raise _os_error(name, exc, f"opening its guard file {path}") from None
 
 
+def reopen_guard(name: str, fd: int, base: str) -> None:
+    """Give the guard descriptor *fd* an open file description of its own (after fork).
+
+    A forked child shares its parent's descriptions, and with them any ``flock`` the
+    parent holds or takes later: the guard would not keep the two apart, and a guard
+    held by a parent that dies would stay held while the child lives. Reopening the same
+    file onto the same descriptor number fixes both.
+    """
+    path = f"/proc/self/fd/{fd}" if HAS_PROC_FD else guard_path(base)
+    try:
+        new = os.open(path, os.O_RDWR)
+        try:
+            os.dup2(new, fd, inheritable=False)
+        finally:
+            os.close(new)
+    except OSError as exc:
+        raise _os_error(name, exc, "reopening its guard after fork()") from None
+
+
 class Guard:
     """A short critical section shared by every thread and process using one lock.
 
-    A thread lock serializes this process's threads; a ``lockf`` record lock on the
-    state record's descriptor serializes processes and is released by the kernel if its
-    holder dies. Signals are deferred on the main thread while it is held.
+    A thread lock serializes the threads that share this guard's descriptor; a
+    ``flock`` on the descriptor's open file description serializes everyone else
+    (other processes, and other handles of this process) and is released by the kernel
+    if its holder dies. Signals are deferred on the main thread while it is held.
     """
 
     __slots__ = ("_fd", "_name", "_thread_lock")
@@ -364,16 +340,16 @@ class Guard:
                 return
             try:
                 try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX if block else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(self._fd, fcntl.LOCK_EX if block else fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:
-                    if not block and exc.errno in (errno.EAGAIN, errno.EACCES):
+                    if not block and exc.errno in _BUSY:
                         yield False
                         return
                     raise _os_error(self._name, exc, "taking its guard") from None
                 try:
                     yield True
                 finally:
-                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
                 self._thread_lock.release()
 

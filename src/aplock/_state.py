@@ -41,8 +41,12 @@ GENERATION = struct.Struct("@Q")
 GENERATION_OFFSET = 8
 PID = struct.Struct("@q")
 PID_OFFSET = 40
-PID_WORD = PID_OFFSET // 8  # index of pid in the record viewed as 64-bit words
+#: Indexes of the fields in the record viewed as 64-bit words.
 GENERATION_WORD = GENERATION_OFFSET // 8
+START_WORD = 2
+NS_WORD = 3
+ACQUIRED_AT_WORD = 4  # a double
+PID_WORD = PID_OFFSET // 8
 RECOVERY = struct.Struct("@QqQ")  # recoveries, abandoned_pid, recovered_gen
 RECOVERY_OFFSET = 48
 NAME_LEN = struct.Struct("@Q")

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Acquisition", "Lock", "LockInfo", "unlink"]
 
-_BusyError = _posix.BusyError
 _HAS_VALUE = _posix.HAS_VALUE
 _PID_WORD = _state.PID_WORD
 
@@ -139,16 +138,7 @@ class Lock:
         h = self._h
         if not block and (not h.sem.value if _HAS_VALUE else h.words[_PID_WORD]):
             return False  # held: answer without the cost of a failed sem_trywait
-        try:
-            h.sem.acquire(0)
-        except _BusyError:
-            pass
-        else:
-            try:
-                h.publish()
-            except BaseException:  # a signal handler's exception: hold nothing
-                h.abandon()
-                raise
+        if h.try_take() is not None:
             return True
         if not block:
             return False
@@ -176,7 +166,7 @@ class Lock:
         check_at = time.monotonic() + interval if interval is not None else None
         while True:
             h = self._h  # each slice: a close() from another thread ends the wait
-            if h.wait(deadline.slice()) is not None:
+            if h.take(deadline.slice()) is not None:
                 return True, None
             if cancelled is not None and cancelled():
                 return False, None
