@@ -4,12 +4,14 @@ One lock is three OS objects: the lock semaphore ``L`` (1 when free), the token
 semaphore ``H`` (1 while an acquisition is complete) and the state record ``R``.
 Invariant: ``L + H <= 1``, so no two holders can ever exist, whatever users do.
 
-- acquire:  wait ``L`` -> write ``R`` (generation first, holder last) -> post ``H``
+- acquire:  wait ``L`` -> write ``R`` (one call) -> post ``H``
 - release:  trywait ``H`` (exactly one racing releaser wins; the rest get
   ``LockNotHeldError``) -> clear ``R.pid`` -> post ``L``
 - give back (an acquire interrupted by a signal handler's exception): if ``R``'s
-  generation is unchanged, post ``L``; else, under the guard, trywait ``H`` and free the
-  lock only if ``R`` still holds the interrupted acquisition's generation.
+  generation is unchanged, post ``L``; else mark its generation owed in ``R`` (one
+  store) and, under the guard, trywait ``H`` and free the lock only if ``R`` still holds
+  that generation. A waiter that finds the current generation owed does the same (a
+  second handler's exception cut the give-back short).
 - recover:  under the guard, when ``R`` names a holder proven dead: trywait ``H`` and,
   if ``R`` still names that holder, write ourselves into ``R`` and post ``H`` back.
   ``L`` stays taken: the dead holder's acquisition becomes ours.
@@ -40,7 +42,7 @@ from typing import Any
 from . import _posix, _state
 from ._names import PosixNames, posix_names
 from ._process import Identity, identity, is_proven_dead
-from .errors import LockClosedError, LockNotHeldError, LockPermissionError
+from .errors import LockClosedError, LockError, LockNotHeldError, LockPermissionError
 
 #: Default permission bits of a lock's OS objects: only this user may open them.
 DEFAULT_MODE = 0o600
@@ -50,10 +52,8 @@ STUCK_AFTER = 0.5
 _HOLD = _state.HOLD
 _HOLD_AT = _state.HOLD_OFFSET
 _GEN_WORD = _state.GENERATION_WORD
-_START_WORD = _state.START_WORD
-_NS_WORD = _state.NS_WORD
-_AT_WORD = _state.ACQUIRED_AT_WORD
 _PID_WORD = _state.PID_WORD
+_OWED_WORD = _state.OWED_WORD
 _BusyError = _posix.BusyError
 _SignalError = _posix.SignalError
 _now = time.time
@@ -85,7 +85,6 @@ class Handle:
         "name",
         "names",
         "sem",
-        "times",
         "token",
         "words",
     )
@@ -113,10 +112,9 @@ class Handle:
             raw = _state.encode_name(name)
             self.mm[_state.NAME_OFFSET : _state.NAME_OFFSET + len(raw)] = raw
             _state.NAME_LEN.pack_into(self.mm, _state.NAME_LEN_OFFSET, len(raw))
-        self.guard = _posix.Guard(name, self.guard_fd)
+        self.guard: _posix.Guard | _posix.FailedGuard = _posix.Guard(name, self.guard_fd)
         #: The record as 64-bit words: one aligned store per field on the hot path.
         self.words = memoryview(self.mm).cast("q")
-        self.times = memoryview(self.mm).cast("d")
         self._remember_identity()
         # The OS handles close when the last reference to this object goes, never while
         # a thread still waits on them (closing a semaphore under a waiter is a crash).
@@ -127,7 +125,7 @@ class Handle:
             (self.sem, self.token),
             (self.fd, self.guard_fd),
             self.mm,
-            (self.words, self.times),
+            (self.words,),
         )
         self._suspect: _state.Snapshot | None = None
         self._suspect_since = 0.0
@@ -154,13 +152,22 @@ class Handle:
         words = self.words
         before = words[_GEN_WORD]
         try:
-            return self.publish()
+            # publish(), written out: this is the uncontended path.
+            now = _now()
+            try:
+                _HOLD.pack_into(
+                    self.mm, _HOLD_AT, before + 1, self.me_start, self.me_ns, now, self.me
+                )
+            finally:
+                self.token.release()
         except BaseException:
             if words[_GEN_WORD] == before:
                 sem.release()  # publish() never started: only L is ours
             else:
+                words[_OWED_WORD] = before + 1
                 self.give_back(before)
             raise
+        return before + 1
 
     def take(self, seconds: float) -> int | None:
         """Wait up to *seconds* for the lock; return the new generation, or ``None``.
@@ -195,6 +202,7 @@ class Handle:
                 if words[_GEN_WORD] == before:
                     sem.release()
                 else:
+                    words[_OWED_WORD] = before + 1
                     self.give_back(before)
                 raise
             if pending:
@@ -205,6 +213,7 @@ class Handle:
                     _posix.restore_signals(old)
                 except BaseException:
                     if generation is not None:
+                        self.words[_OWED_WORD] = generation
                         self.give_back(before)
                     raise
         return generation
@@ -224,19 +233,15 @@ class Handle:
     def publish(self) -> int:
         """We hold ``L``: record ourselves as holder, then publish the token.
 
-        Between the first store and the token's post there is no call, so no signal
-        handler can run in between: once the new generation is stored, the whole record
-        is written and the token posted. That is what ``give_back`` relies on.
+        The record is written by one call, after everything that could raise: a signal
+        handler's exception comes before it (nothing written) or after it, when the
+        token is posted anyway. So the generation tells ``give_back`` exactly how far
+        this got.
         """
         now = _now()
-        words = self.words
-        generation = words[_GEN_WORD] + 1
-        words[_GEN_WORD] = generation
+        generation = self.words[_GEN_WORD] + 1
         try:
-            self.times[_AT_WORD] = now
-            words[_START_WORD] = self.me_start
-            words[_NS_WORD] = self.me_ns
-            words[_PID_WORD] = self.me  # the holder last: see _state
+            _HOLD.pack_into(self.mm, _HOLD_AT, generation, self.me_start, self.me_ns, now, self.me)
         finally:
             self.token.release()
         return generation
@@ -248,21 +253,42 @@ class Handle:
         is generation ``before + 1`` and its token was posted. Any thread or process may
         have released it since (and another may hold the lock now): under the guard, the
         token is taken and the lock freed only if it is still that acquisition's.
+
+        The caller first marks the acquisition owed in the record (one store, which no
+        signal handler can interrupt): if a second handler's exception cuts this call
+        short, a waiter settles the debt instead (``settle_owed``).
+        """
+        with self.guard.held():
+            self._free_if_current(before + 1)
+
+    def settle_owed(self) -> None:
+        """Free the current acquisition if its own process marked it owed (a waiter's job).
+
+        Cheap unless there is a debt; never blocks (a busy guard: the next slice retries).
         """
         words = self.words
-        with self.guard.held():
-            took = True
-            try:
-                self.token.acquire(0)
-            except _BusyError:
-                took = False  # a releaser has it (and posts L), or a later holder is publishing
-            finally:
-                if took:
-                    if words[_GEN_WORD] == before + 1:
-                        words[_PID_WORD] = 0
-                        self.sem.release()
-                    else:
-                        self.token.release()  # a later acquisition's token: put it back
+        owed = words[_OWED_WORD]
+        if owed == 0 or owed != words[_GEN_WORD]:
+            return
+        with self.guard.held(block=False) as got:
+            if got:
+                self._free_if_current(owed)
+
+    def _free_if_current(self, generation: int) -> None:
+        """Under the guard: free acquisition *generation* if it still holds the lock."""
+        words = self.words
+        took = True
+        try:
+            self.token.acquire(0)
+        except _BusyError:
+            took = False  # a releaser has it (and posts L), or a later holder is publishing
+        finally:
+            if took:
+                if words[_GEN_WORD] == generation:
+                    words[_PID_WORD] = 0
+                    self.sem.release()
+                else:
+                    self.token.release()  # a later acquisition's token: put it back
 
     def _remember_identity(self) -> None:
         me = identity()
@@ -270,8 +296,20 @@ class Handle:
 
     def release(self) -> None:
         """Release the lock; ``LockNotHeldError`` if nobody holds it."""
-        if self.words[_PID_WORD] == self.me and self._free():
-            return
+        words = self.words
+        if words[_PID_WORD] == self.me:
+            # _free(), written out: this is the uncontended path.
+            took = True
+            try:
+                self.token.acquire(0)
+            except _BusyError:
+                took = False
+            finally:
+                if took:
+                    words[_PID_WORD] = 0
+                    self.sem.release()
+            if took:
+                return
         with self.guard.held():
             if not self._free():
                 raise LockNotHeldError(
@@ -412,12 +450,17 @@ class Handle:
         """Forget this process's in-memory state in a forked child.
 
         The semaphores and the record stay valid; the guard's descriptor is reopened so
-        that this process's guard is its own, not its parent's.
+        that this process's guard is its own, not its parent's. If that fails, the
+        guard raises the error on use rather than share the parent's.
         """
-        _posix.reopen_guard(self.name, self.guard_fd, self.names.base)
-        self.guard = _posix.Guard(self.name, self.guard_fd)
         self._remember_identity()
         self._suspect = None
+        try:
+            _posix.reopen_guard(self.name, self.guard_fd, self.names.base)
+        except LockError as exc:
+            self.guard = _posix.FailedGuard(exc)
+        else:
+            self.guard = _posix.Guard(self.name, self.guard_fd)
 
 
 class ClosedHandle:
@@ -456,6 +499,16 @@ def open_handles() -> list[Handle]:
         return list(_registry.values())
 
 
+# The hooks look the registry lock up when they run: a child replaces it with a new one,
+# and the one it inherited (taken by ``_before_fork``) is never released.
+def _before_fork() -> None:
+    _registry_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _registry_lock.release()
+
+
 def _after_fork_in_child() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
@@ -464,7 +517,7 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(
-    before=_registry_lock.acquire,
-    after_in_parent=_registry_lock.release,
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
     after_in_child=_after_fork_in_child,
 )

@@ -354,6 +354,21 @@ class Guard:
                 self._thread_lock.release()
 
 
+class FailedGuard:
+    """Stands in for a guard that could not be reopened after fork: raises on use."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, error: LockError) -> None:
+        self._error = error
+
+    @contextlib.contextmanager
+    def held(self, *, block: bool = True) -> Iterator[bool]:
+        """Raise the error that left this process without a guard of its own."""
+        raise self._error
+        yield False  # pragma: no cover - makes this a generator
+
+
 def record_entries() -> list[str]:
     """Names of the aplock state records in ``/dev/shm`` (Linux; empty elsewhere)."""
     try:

@@ -13,7 +13,10 @@ Layout (native byte order, every field 8-byte aligned; all zeros is a valid free
     56      abandoned_pid pid of the latest dead holder taken over
     64      recovered_gen generation of the acquisition that took it over
     72      name_len      length of the UTF-8 name that follows
-    80      name          the user's lock name (for inspection), truncated to fit
+    80      owed          generation of an acquisition whose acquire() raised and that
+                          its process could not give back (see ``_handle``); it is
+                          stale once ``generation`` has moved past it
+    88      name          the user's lock name (for inspection), truncated to fit
 
 Only the process that owns the lock's token writes ``generation`` .. ``pid``, and writes
 them in that order, ``pid`` last: a reader that sees a pid sees the rest of its
@@ -43,15 +46,13 @@ PID = struct.Struct("@q")
 PID_OFFSET = 40
 #: Indexes of the fields in the record viewed as 64-bit words.
 GENERATION_WORD = GENERATION_OFFSET // 8
-START_WORD = 2
-NS_WORD = 3
-ACQUIRED_AT_WORD = 4  # a double
 PID_WORD = PID_OFFSET // 8
 RECOVERY = struct.Struct("@QqQ")  # recoveries, abandoned_pid, recovered_gen
 RECOVERY_OFFSET = 48
 NAME_LEN = struct.Struct("@Q")
 NAME_LEN_OFFSET = 72
-NAME_OFFSET = 80
+OWED_WORD = 80 // 8
+NAME_OFFSET = 88
 NAME_MAX_BYTES = SIZE - NAME_OFFSET
 
 

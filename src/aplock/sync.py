@@ -170,6 +170,7 @@ class Lock:
                 return True, None
             if cancelled is not None and cancelled():
                 return False, None
+            h.settle_owed()  # an acquisition whose acquire() raised and that nobody owns
             now = time.monotonic()
             if check_at is not None and now >= check_at:
                 check_at = now + interval  # type: ignore[operator]
