@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import multiprocessing.context
 import os
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -56,3 +57,40 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         time.sleep(0.005)
+
+
+def hammer_with_signals(
+    target: Callable[..., Any],
+    *args: Any,
+    signals: tuple[int, ...] = (signal.SIGUSR1,),
+    seed: int = 1,
+) -> dict[str, int]:
+    """Run ``target(*args, conn)`` in a spawned child, sending it *signals* until it reports.
+
+    The child sends ``"ready"``, then (when it is done) a dict of outcomes, which is
+    returned. The signals go out together, at random instants 0 to 0.3 ms apart.
+    """
+    parent, child = SPAWN.Pipe(duplex=False)
+    with running(target, *args, child) as (proc,):
+        assert parent.poll(60), "the child never got ready"
+        assert parent.recv() == "ready"
+        assert proc.pid is not None
+        rng = random.Random(seed)
+        while not parent.poll():
+            try:
+                for sig in signals:
+                    os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            until = time.perf_counter() + rng.uniform(0, 0.0003)
+            while time.perf_counter() < until:
+                pass
+        assert parent.poll(60), "the child never reported"
+        outcomes: dict[str, int] = parent.recv()
+    print(f"\n{target.__name__}{args[1:]}: {outcomes}")
+    return outcomes
+
+
+def bad_outcomes(outcomes: dict[str, int]) -> dict[str, int]:
+    """The outcomes that are failures: their names start with an upper-case word."""
+    return {k: n for k, n in outcomes.items() if k.isupper() or k.split(":")[0].isupper()}

@@ -7,7 +7,6 @@ which is always reaped; the ``lock_name`` fixture unlinks the lock afterwards.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 import aplock
 from aplock import _handle, _state
 
-from .procs import FORK, SPAWN, running
+from .procs import FORK, SPAWN, bad_outcomes, hammer_with_signals, running
 
 # -- workers (module level, so that spawned children can import them) -------------------
 
@@ -259,42 +258,19 @@ def test_two_signals_after_the_post_leave_nothing_held(lock_name: str) -> None:
     )
 
 
-def hammer_pairs(name: str, seconds: float, *, pairs: bool = True) -> dict[str, int]:
-    """Run ``paired_signal_calls`` in a child, sending it SIGUSR1 (+SIGUSR2) at random."""
-    parent, child = SPAWN.Pipe(duplex=False)
-    with running(paired_signal_calls, name, seconds, child) as (proc,):
-        assert parent.poll(60), "the child never got ready"
-        assert parent.recv() == "ready"
-        assert proc.pid is not None
-        rng = random.Random(7)
-        while not parent.poll():
-            try:
-                os.kill(proc.pid, signal.SIGUSR1)
-                if pairs:
-                    os.kill(proc.pid, signal.SIGUSR2)
-            except ProcessLookupError:
-                break
-            until = time.perf_counter() + rng.uniform(0, 0.0003)
-            while time.perf_counter() < until:
-                pass
-        assert parent.poll(60), "the child never reported"
-        outcomes: dict[str, int] = parent.recv()
-    print(f"\npairs={pairs}: {outcomes}")
-    return outcomes
-
-
 @pytest.mark.stress
 @pytest.mark.timeout(120)
 def test_signal_pairs_never_leave_an_interrupted_acquire_held(lock_name: str) -> None:
-    outcomes = hammer_pairs(lock_name, seconds=20)
-    assert not {k for k in outcomes if k.isupper() or k.split(":")[0].isupper()}, outcomes
+    both = (signal.SIGUSR1, signal.SIGUSR2)
+    outcomes = hammer_with_signals(paired_signal_calls, lock_name, 20.0, signals=both, seed=7)
+    assert not bad_outcomes(outcomes), outcomes
 
 
 @pytest.mark.stress
 @pytest.mark.timeout(120)
 def test_single_signals_never_leave_an_interrupted_acquire_held(lock_name: str) -> None:
-    outcomes = hammer_pairs(lock_name, seconds=20, pairs=False)
-    assert not {k for k in outcomes if k.isupper() or k.split(":")[0].isupper()}, outcomes
+    outcomes = hammer_with_signals(paired_signal_calls, lock_name, 20.0, seed=7)
+    assert not bad_outcomes(outcomes), outcomes
 
 
 # -- the guard while handles come and go, and across fork ----------------------------------

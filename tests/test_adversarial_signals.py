@@ -11,8 +11,6 @@ while this process sends it signals at random instants.
 from __future__ import annotations
 
 import os
-import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -24,39 +22,18 @@ import pytest
 import aplock
 
 from . import adversarial_workers as aw
-from .procs import SPAWN, running
+from .procs import bad_outcomes, hammer_with_signals, running
 
 
 def hammer(name: str, mode: str, seconds: float) -> dict[str, int]:
     """Run ``interrupted_calls`` in a child, sending it SIGUSR1 at random instants."""
-    parent, child = SPAWN.Pipe(duplex=False)
-    with running(aw.interrupted_calls, name, mode, seconds, child) as (proc,):
-        assert parent.poll(60), "the child never got ready"
-        assert parent.recv() == "ready"
-        rng = random.Random(1)
-        assert proc.pid is not None
-        while not parent.poll():
-            try:
-                os.kill(proc.pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                break
-            until = time.perf_counter() + rng.uniform(0, 0.0003)
-            while time.perf_counter() < until:
-                pass
-        assert parent.poll(60), "the child never reported"
-        outcomes: dict[str, int] = parent.recv()
-    print(f"\n{mode}: {outcomes}")
-    return outcomes
-
-
-def bad(outcomes: dict[str, int]) -> dict[str, int]:
-    return {k: n for k, n in outcomes.items() if k.isupper() or k.split(":")[0].isupper()}
+    return hammer_with_signals(aw.interrupted_calls, name, mode, seconds)
 
 
 def test_interrupted_uncontended_acquire_never_leaves_the_lock_stuck(lock_name: str) -> None:
     outcomes = hammer(lock_name, "fast", seconds=1.5)
     assert sum(n for k, n in outcomes.items() if k != "calls") > 20, "too few interruptions"
-    assert not bad(outcomes), outcomes
+    assert not bad_outcomes(outcomes), outcomes
 
 
 def test_interrupted_waiter_in_a_threaded_process_never_leaves_the_lock_stuck(
@@ -64,7 +41,7 @@ def test_interrupted_waiter_in_a_threaded_process_never_leaves_the_lock_stuck(
 ) -> None:
     outcomes = hammer(lock_name, "wait", seconds=2)
     assert sum(n for k, n in outcomes.items() if k != "calls") > 20, "too few interruptions"
-    assert not bad(outcomes), outcomes
+    assert not bad_outcomes(outcomes), outcomes
 
 
 @pytest.mark.stress
@@ -75,7 +52,7 @@ def test_interrupted_calls_stress(lock_name: str, mode: str) -> None:
     still being handled: none may leave the lock stuck or wedged."""
     outcomes = hammer(lock_name, mode, seconds=40)
     assert sum(n for k, n in outcomes.items() if k != "calls") > 10_000, "too few interruptions"
-    assert not bad(outcomes), outcomes
+    assert not bad_outcomes(outcomes), outcomes
 
 
 def test_an_interrupted_wait_never_leaves_signals_blocked(lock_name: str) -> None:
@@ -86,7 +63,7 @@ def test_an_interrupted_wait_never_leaves_signals_blocked(lock_name: str) -> Non
     finally:
         holder.release()
     assert outcomes.get("interrupted", 0) > 20, "too few interruptions"
-    assert not bad(outcomes), outcomes
+    assert not bad_outcomes(outcomes), outcomes
 
 
 PENDING = """
