@@ -389,11 +389,12 @@ class Handle:
         """Under the guard, owning the token (or repairing its loss): become the holder."""
         mm = self.mm
         generation = seen.generation + 1
+        now = _now()
         try:
             _state.RECOVERY.pack_into(
                 mm, _state.RECOVERY_OFFSET, seen.recoveries + 1, seen.pid, generation
             )
-            _HOLD.pack_into(mm, _HOLD_AT, generation, self.me_start, self.me_ns, _now(), self.me)
+            _HOLD.pack_into(mm, _HOLD_AT, generation, self.me_start, self.me_ns, now, self.me)
         finally:
             # Cut short by a signal handler's exception, this leaves either the dead
             # holder's acquisition (for the next waiter to take over) or a whole one of

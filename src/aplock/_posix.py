@@ -9,9 +9,10 @@
   handler's own exception propagates normally. Where ``sem_timedwait`` is missing
   (macOS), ``HAS_TIMEDWAIT`` is false and waits poll ``sem_trywait`` every ``POLL``
   seconds instead.
-- The guard is a ``flock`` on the state record's open file description: the kernel drops
-  it when its holder dies, so it can never wedge, and, unlike a POSIX record lock, closing
-  some other descriptor of the same file in the same process does not drop it.
+- The guard is a ``flock`` on an open file description of the state record that each
+  handle opens for itself: the kernel drops it when its holder dies, so it can never
+  wedge, and, unlike a POSIX record lock, closing some other descriptor of the same file
+  in the same process does not drop it.
 """
 
 from __future__ import annotations
@@ -178,11 +179,6 @@ def unlink(name: str, names: PosixNames) -> bool:
         except (posix_ipc.Error, OSError) as exc:
             raise _os_error(name, exc, "unlinking it") from None
     return found
-
-
-def value(sem: posix_ipc.Semaphore) -> int | None:
-    """The semaphore's value, or ``None`` where the platform cannot tell."""
-    return sem.value if HAS_VALUE else None
 
 
 def peek_values(lock_name: str, token_name: str) -> tuple[int, int] | None:
