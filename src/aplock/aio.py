@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import weakref
 from collections import deque
@@ -107,8 +108,18 @@ _gates_lock = threading.Lock()
 
 
 def _current_loop() -> object:
+    """The running event loop: an asyncio loop, or the Trio token of a Trio run."""
     loop = asyncio._get_running_loop()
-    return loop if loop is not None else anyio.lowlevel.current_token().native_token
+    if loop is not None:
+        return loop
+    trio = sys.modules.get("trio")  # never imported here: only if Trio is what runs
+    if trio is not None:
+        try:
+            # What AnyIO's current_token().native_token is, at a tenth of the cost.
+            return trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+    return anyio.lowlevel.current_token().native_token
 
 
 def _gate(lock: Lock) -> _Gate:
