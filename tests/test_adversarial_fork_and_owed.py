@@ -318,3 +318,104 @@ def test_a_child_forked_while_a_parent_thread_holds_the_guard_is_excluded(
     finally:
         leave.set()
         holder.join(10)
+
+
+# -- the owed mark: who may act on it ------------------------------------------------
+
+
+def _mark_current_owed(h: _handle.Handle) -> int:
+    generation = h.words[_state.GENERATION_WORD]
+    h.words[_state.OWED_WORD] = generation
+    return generation
+
+
+def test_a_stale_owed_mark_never_frees_a_later_acquisition(lock_name: str) -> None:
+    lock = aplock.Lock(lock_name)
+    h = _handle_of(lock)
+    assert lock.acquire(False)
+    owed = _mark_current_owed(h)
+    lock.release()  # someone released the owed acquisition after all...
+    assert lock.acquire(False)  # ...and a later one holds the lock now
+    h.settle_owed()
+    assert (h.sem.value, h.token.value) == (0, 1), "a later acquisition was freed"
+    assert lock.acquisition is not None
+    assert lock.acquisition.generation == owed + 1
+    lock.release()
+
+
+def test_an_owed_mark_leaves_a_half_published_acquisition_alone(lock_name: str) -> None:
+    """The owed acquisition was freed and a new acquirer has taken ``L`` but not yet
+    published: the generation still matches, and settling must do nothing."""
+    lock = aplock.Lock(lock_name)
+    h = _handle_of(lock)
+    assert lock.acquire(False)
+    _mark_current_owed(h)
+    lock.release()
+    h.sem.acquire(0)  # the next acquirer, before its publish()
+    h.settle_owed()
+    assert (h.sem.value, h.token.value) == (0, 0), "settling posted a lock it did not own"
+    h.publish()
+    lock.release()
+    assert (h.sem.value, h.token.value) == (1, 0)
+
+
+def acquire_within(name: str, timeout: float, conn: Any) -> None:
+    lock = aplock.Lock(name, recovery_interval=None)  # never takes a dead holder's over
+    start = time.monotonic()
+    got = lock.acquire(timeout=timeout)
+    conn.send((got, time.monotonic() - start))
+    if got:
+        lock.release()
+
+
+@pytest.mark.timeout(60)
+def test_a_waiter_in_another_process_frees_an_owed_acquisition(lock_name: str) -> None:
+    lock = aplock.Lock(lock_name)
+    h = _handle_of(lock)
+    assert lock.acquire(False)
+    _mark_current_owed(h)  # as an interrupted acquire() that could not give it back
+    parent, child = SPAWN.Pipe(duplex=False)
+    with running(acquire_within, lock_name, 10.0, child) as _:
+        assert parent.poll(60)
+        got, waited = parent.recv()
+    assert got, "an owed acquisition stayed held"
+    assert waited < 5
+    assert not lock.locked()
+
+
+FAILED_REOPEN = """
+import os, sys, aplock
+from aplock import _posix, errors
+lock = aplock.Lock(sys.argv[1])
+def cannot_reopen(name, fd, base):
+    raise errors.LockUnavailableError(name, "reopening its guard after fork() failed")
+_posix.reopen_guard = cannot_reopen
+pid = os.fork()
+if pid == 0:
+    try:
+        with lock._h.guard.held():
+            os._exit(1)  # used the parent's guard description
+    except errors.LockUnavailableError:
+        os._exit(0)
+    os._exit(2)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_child_that_cannot_reopen_its_guard_raises_instead_of_sharing_it(
+    lock_name: str,
+) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", FAILED_REOPEN, lock_name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout.split() == ["0"], proc.stdout
