@@ -6,6 +6,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -44,12 +45,60 @@ def _no_leaked_objects() -> Iterator[None]:
         pytest.fail(f"test leaked aplock objects in {SHM}: {sorted(leaked)}")
 
 
+@dataclass(frozen=True)
+class Leftovers:
+    """The aplock objects that appeared in /dev/shm during the run, by whose they are."""
+
+    ours: list[str]
+    others: list[str]
+    failed_the_run: bool
+
+
+_LEFTOVERS = pytest.StashKey[Leftovers]()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the whole run if it left anything named aplock in /dev/shm."""
-    left = aplock_objects() - _at_start
-    if left:
-        print(f"\naplock objects left in {SHM} after the run: {sorted(left)}")
+    """Fail the whole run if its tests (or their child processes) left objects in /dev/shm.
+
+    Lock names in tests carry ``SESSION``, and so does the readable part of their POSIX
+    names: objects without it belong to other programs or other runs on the host, and
+    only get a note in the summary.
+    """
+    new = aplock_objects() - _at_start
+    ours = sorted(e for e in new if SESSION in e)
+    fails = bool(ours) and session.exitstatus == pytest.ExitCode.OK
+    if fails:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    others = sorted(e for e in new if SESSION not in e)
+    session.config.stash[_LEFTOVERS] = Leftovers(ours, others, fails)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Say why a run whose tests all passed failed, and what appeared without our tag."""
+    left = config.stash.get(_LEFTOVERS, None)
+    if left is None:
+        return
+    write = terminalreporter.write_line
+    if left.ours:
+        terminalreporter.section("aplock objects left behind", sep="=", red=True)
+        write(
+            ("every test passed, but this run fails: " if left.failed_the_run else "")
+            + f"this run's tests (or their child processes) left {len(left.ours)} aplock "
+            f"objects in {SHM}, named with this run's session tag {SESSION!r}. A session- "
+            "or module-scoped fixture, or a child process that outlived its test, did not "
+            "unlink its lock:"
+        )
+        for entry in left.ours:
+            write(f"  {entry}")
+        write(f"remove them with: rm {SHM}/*{SESSION}*")
+    if left.others:
+        write(
+            f"note: {len(left.others)} aplock objects appeared in {SHM} during the run "
+            "without this run's session tag (other programs or test runs on this host); "
+            "not counted"
+        )
 
 
 @pytest.fixture
