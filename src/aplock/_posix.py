@@ -113,29 +113,51 @@ def open_semaphore(name: str, posix_name: str, mode: int, initial: int) -> posix
             return posix_ipc.Semaphore(posix_name, 0)
     except (posix_ipc.Error, OSError, ValueError) as exc:
         raise _os_error(name, exc, "opening its semaphore") from None
-    if not SHORT_NAMES:
-        _chmod_semaphore(posix_name, mode)
+    if SHORT_NAMES:
+        return sem
+    try:
+        try:
+            _chmod_semaphore(posix_name, mode)
+        except BaseException:
+            sem.close()
+            raise
+    except OSError as exc:
+        raise _os_error(name, exc, "setting its semaphore's mode") from None
     return sem
 
 
 def open_record(name: str, posix_name: str, mode: int, size: int) -> tuple[int, mmap.mmap, int]:
-    """Create or open the shared-memory record; return ``(fd, map, owner uid)``."""
+    """Create or open the shared-memory record; return ``(fd, map, owner uid)``.
+
+    Whatever fails after the record is open closes its descriptor before the error
+    propagates (the record itself stays: others may have opened it meanwhile).
+    """
+    created = True
     try:
         try:
             shm = posix_ipc.SharedMemory(posix_name, posix_ipc.O_CREX, mode, size)
-            os.fchmod(shm.fd, mode)
         except posix_ipc.ExistentialError:
+            created = False
             shm = posix_ipc.SharedMemory(posix_name, 0)
-        fd = shm.fd
-        st = os.fstat(fd)
-        if st.st_size < size:
-            # The creator has not sized it yet; growing it to the same size is idempotent.
-            os.ftruncate(fd, size)
-        if hasattr(os, "posix_fallocate"):
-            # Reserve the pages now: on a full tmpfs a write through the map would SIGBUS.
-            os.posix_fallocate(fd, 0, size)
-        return fd, mmap.mmap(fd, size), st.st_uid
     except (posix_ipc.Error, OSError, ValueError) as exc:
+        raise _os_error(name, exc, "opening its state record") from None
+    fd = shm.fd
+    try:
+        try:
+            if created:
+                os.fchmod(fd, mode)
+            st = os.fstat(fd)
+            if st.st_size < size:
+                # The creator has not sized it yet; growing it to the same size is idempotent.
+                os.ftruncate(fd, size)
+            if hasattr(os, "posix_fallocate"):
+                # Reserve the pages now: on a full tmpfs a write through the map would SIGBUS.
+                os.posix_fallocate(fd, 0, size)
+            return fd, mmap.mmap(fd, size), st.st_uid
+        except BaseException:
+            os.close(fd)
+            raise
+    except (OSError, ValueError) as exc:
         raise _os_error(name, exc, "opening its state record") from None
 
 
@@ -277,6 +299,9 @@ def open_guard(name: str, record_fd: int, base: str, mode: int) -> int:
         if exc.errno not in _NO_FLOCK:
             raise _os_error(name, exc, "probing its guard") from None
         return _open_guard_file(name, base, mode)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
