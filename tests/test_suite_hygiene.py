@@ -1,12 +1,15 @@
-"""The suite's own checks: the end-of-run /dev/shm check blames only this run's leftovers.
+"""The suite's own checks: the end-of-run /dev/shm check blames only this run's leftovers,
+and the test environment declares what the docs build needs.
 
-Each test runs pytest in a subprocess on a tiny test directory whose ``conftest.py`` is
-this suite's, so that the inner run has a session tag of its own.
+The /dev/shm tests run pytest in a subprocess on a tiny test directory whose
+``conftest.py`` is this suite's, so that the inner run has a session tag of its own.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from .conftest import SESSION, SHM, aplock_objects
 
 pytest_plugins = ["pytester"]
 
+ROOT = Path(__file__).resolve().parent.parent
 CONFTEST = Path(__file__).with_name("conftest.py")
 
 #: The inner run's tests, told by environment variables which names to use.
@@ -109,3 +113,13 @@ def test_objects_left_by_this_run_fail_it_and_say_why(
     assert len(listed) == 3, out
     assert all(tag in entry for entry in listed), out
     assert other.replace(".", "_") not in out, out
+
+
+def test_the_docs_build_gets_a_signature_formatter() -> None:
+    # mkdocstrings formats the separate signatures with Black or Ruff; without either it
+    # says so on every build and leaves them unformatted.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lists = project["optional-dependencies"]
+    (docs,) = [deps for deps in lists.values() if any(d.startswith("mkdocstrings") for d in deps)]
+    names = {re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower() for d in docs}
+    assert names & {"ruff", "black"}, docs
