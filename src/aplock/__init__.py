@@ -2,10 +2,15 @@
 
 ``Lock(name)`` is a ``multiprocessing.Lock`` that unrelated processes open by name;
 ``AsyncLock(name)`` is the same lock for ``async with`` under asyncio and Trio.
+
+The async names load on first use, so that ``import aplock`` in sync code imports
+neither asyncio nor AnyIO.
 """
 
+import importlib as _importlib
+import typing as _typing
+
 from ._version import __version__
-from .aio import AsyncLock, AsyncLockStatistics
 from .errors import (
     AbandonedLockWarning,
     LockClosedError,
@@ -17,6 +22,9 @@ from .errors import (
 )
 from .startup import AsyncOnce, Once
 from .sync import Acquisition, Lock, LockInfo, unlink
+
+if _typing.TYPE_CHECKING:
+    from .aio import AsyncLock, AsyncLockStatistics
 
 __all__ = [
     "AbandonedLockWarning",
@@ -36,3 +44,19 @@ __all__ = [
     "__version__",
     "unlink",
 ]
+
+#: The names that import a module of their own, with AnyIO, on first access.
+_LAZY = {"AsyncLock": "aio", "AsyncLockStatistics": "aio"}
+
+if not _typing.TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(_importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later lookups do not come here
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(_LAZY))

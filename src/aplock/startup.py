@@ -33,12 +33,15 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._names import digest, posix_names, slug, validate
-from .aio import AsyncLock
 from .errors import LockError, LockPermissionError, LockUnavailableError
 from .sync import Lock
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from typing_extensions import TypeIs
+
+    from .aio import AsyncLock
 
 __all__ = [
     "AsyncMarker",
@@ -298,8 +301,22 @@ def _marker_error(name: str, exc: OSError, what: str) -> LockError:
     return LockUnavailableError(name, f"{what} failed: {exc.strerror or exc}", exc.errno)
 
 
+def _loaded_async_lock() -> type[AsyncLock] | None:
+    """``AsyncLock``, if ``aplock.aio`` is loaded: no object is one before it is.
+
+    Sync code that never touches ``AsyncLock`` thus never imports AnyIO.
+    """
+    aio = sys.modules.get(f"{__package__}.aio")
+    return None if aio is None else aio.AsyncLock
+
+
+def _is_async_lock(obj: object) -> TypeIs[AsyncLock]:
+    cls = _loaded_async_lock()
+    return cls is not None and isinstance(obj, cls)
+
+
 def _default_marker(lock: object) -> FileMarker:
-    if isinstance(lock, Lock | AsyncLock):
+    if isinstance(lock, Lock) or _is_async_lock(lock):
         return FileMarker()
     raise TypeError(
         f"{type(lock).__name__} is not an aplock lock, so the default FileMarker (which "
@@ -359,7 +376,7 @@ class Once:
         lock: SupportsLock
         if isinstance(name_or_lock, str):
             lock = Lock(name_or_lock)
-        elif isinstance(name_or_lock, AsyncLock):
+        elif _is_async_lock(name_or_lock):
             lock = name_or_lock.lock
         else:
             lock = name_or_lock
@@ -476,6 +493,8 @@ class AsyncOnce:
         key: str,
         marker: Marker | AsyncMarker | None = None,
     ) -> None:
+        from .aio import AsyncLock  # noqa: PLC0415 - here, so that sync users never load AnyIO
+
         lock: SupportsAsyncLock = (
             AsyncLock(name_or_lock) if isinstance(name_or_lock, str | Lock) else name_or_lock
         )
