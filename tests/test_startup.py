@@ -6,7 +6,9 @@ import json
 import os
 import pickle
 import stat
+import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,6 +148,36 @@ def test_work_killed_midway_is_redone_by_the_next_holder(name: str) -> None:
     assert caught[0].message.pid == proc.pid  # type: ignore[union-attr]
     assert Once(name, key="v1").done()
     assert not aplock.Lock(name).locked()
+
+
+def leave_a_dead_runner(name: str) -> None:
+    """Kill a process while it runs the work for key "v1": its lock is abandoned."""
+    started = SPAWN.Event()
+    with running(startup_workers.run_once_and_hang, name, "v1", started) as (proc,):
+        assert started.wait(30)
+        kill(proc)
+        proc.join(10)
+
+
+def abandoned_warning(caught: list[warnings.WarningMessage]) -> warnings.WarningMessage:
+    (warning,) = [w for w in caught if issubclass(w.category, aplock.AbandonedLockWarning)]
+    return warning
+
+
+@pytest.mark.parametrize("method", ["run", "reset"])
+def test_takeover_warning_points_at_the_caller(name: str, method: str) -> None:
+    leave_a_dead_runner(name)
+    once = Once(name, key="v1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if method == "run":
+            line = sys._getframe().f_lineno + 1
+            assert once.run(Counter()) is True
+        else:
+            line = sys._getframe().f_lineno + 1
+            assert once.reset() is False
+    warning = abandoned_warning(caught)
+    assert (warning.filename, warning.lineno) == (__file__, line)
 
 
 def test_timeout_waiting_for_the_lock(name: str) -> None:
@@ -388,6 +420,23 @@ async def test_async_work_killed_midway_is_redone(name: str) -> None:
         assert await AsyncOnce(name, key="v1").run(work.run_async) is True
     assert work.runs == 1
     assert await AsyncOnce(name, key="v1").done()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["run", "reset"])
+async def test_async_takeover_warning_points_at_the_caller(name: str, method: str) -> None:
+    await anyio.to_thread.run_sync(leave_a_dead_runner, name)
+    once = AsyncOnce(name, key="v1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if method == "run":
+            line = sys._getframe().f_lineno + 1
+            assert await once.run(Counter().run_async) is True
+        else:
+            line = sys._getframe().f_lineno + 1
+            assert await once.reset() is False
+    warning = abandoned_warning(caught)
+    assert (warning.filename, warning.lineno) == (__file__, line)
 
 
 # -- FileMarker ----------------------------------------------------------------------------

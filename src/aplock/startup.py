@@ -32,12 +32,13 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._deadline import Deadline, normalize_timeout
 from ._names import digest, posix_names, slug, validate
 from .errors import LockError, LockPermissionError, LockUnavailableError
 from .sync import Lock
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     from typing_extensions import TypeIs
 
@@ -338,8 +339,8 @@ class Once:
     again, so *work* must be safe to run again after a partial run (a migration tool
     that records each step is; an ``INSERT`` without a uniqueness check is not). The
     process that takes over gets the lock's ``AbandonedLockWarning``, which ``run`` lets
-    through: the work is being redone, and that a worker died in the middle of it is
-    worth a line in the log.
+    through, attributed to the line that called ``run``: the work is being redone, and
+    that a worker died in the middle of it is worth a line in the log.
 
     Args:
         name_or_lock: a lock name (an ``aplock.Lock`` is opened for it), or a lock: an
@@ -424,7 +425,7 @@ class Once:
         name, key, marker = self._lock.name, self._key, self._marker
         if marker.is_done(name, key):
             return False
-        if not self._lock.acquire(True, timeout):
+        if not _acquire(self._lock, timeout):
             raise OnceTimeoutError(name, key, _seconds(timeout))
         try:
             if marker.is_done(name, key):
@@ -450,7 +451,7 @@ class Once:
         Raises:
             OnceTimeoutError: the lock was not free within *timeout* seconds.
         """
-        if not self._lock.acquire(True, timeout):
+        if not _acquire(self._lock, timeout):
             raise OnceTimeoutError(self._lock.name, self._key, _seconds(timeout))
         try:
             return self._marker.clear(self._lock.name, self._key) > 0
@@ -548,7 +549,10 @@ class AsyncOnce:
         lock, name, key = self._lock, self._lock.name, self._key
         if await self._is_done():
             return False
-        if not await lock.acquire(True, timeout):
+        acquired = await _acquire_without_waiting(lock, timeout)
+        if acquired is None:
+            acquired = await _wait(lock, timeout)  # awaited here: see _wait
+        if not acquired:
             raise OnceTimeoutError(name, key, _seconds(timeout))
         try:
             if await self._is_done():
@@ -575,7 +579,10 @@ class AsyncOnce:
             OnceTimeoutError: the lock was not free within *timeout* seconds.
         """
         lock = self._lock
-        if not await lock.acquire(True, timeout):
+        acquired = await _acquire_without_waiting(lock, timeout)
+        if acquired is None:
+            acquired = await _wait(lock, timeout)  # awaited here: see _wait
+        if not acquired:
             raise OnceTimeoutError(lock.name, self._key, _seconds(timeout))
         try:
             cleared = await _maybe_await(self._marker.clear(lock.name, self._key))
@@ -585,6 +592,54 @@ class AsyncOnce:
 
     def __repr__(self) -> str:
         return f"<aplock.startup.AsyncOnce {self._lock.name!r} key={self._key!r}>"
+
+
+# -- taking the lock, with a take-over's warning at the caller's line ----------------------
+#
+# When ``run`` or ``reset`` takes over the lock of a process that died, an aplock lock
+# issues an ``AbandonedLockWarning``. It must point at the line that called them, the
+# one the user can act on, not at this module: two frames above the wait.
+
+
+def _acquire(lock: SupportsLock, timeout: float | None) -> bool:
+    """``lock.acquire(True, timeout)`` for ``Once.run``/``reset``, warning at their caller."""
+    if not isinstance(lock, Lock):
+        return lock.acquire(True, timeout)
+    wait = normalize_timeout(True, timeout)  # a bad timeout fails whether the lock is free
+    if lock.acquire(False):
+        return True
+    if wait == 0.0:
+        return False
+    acquired, takeover = lock._wait_quietly(Deadline.after(wait), None)
+    if takeover is not None:
+        # _acquire -> run/reset -> their caller.
+        lock._warn_abandoned(takeover, stacklevel=3)
+    return acquired
+
+
+async def _acquire_without_waiting(lock: SupportsAsyncLock, timeout: float | None) -> bool | None:
+    """``AsyncOnce``'s acquire up to the wait: ``None`` if it must wait (see ``_wait``).
+
+    A lock that is not an ``AsyncLock`` is acquired with its own ``acquire``.
+    """
+    if not _is_async_lock(lock):
+        return await lock.acquire(True, timeout)
+    wait = normalize_timeout(True, timeout)  # a bad timeout fails whether the lock is free
+    if await lock.acquire(False):  # a checkpoint, then the lock if it is free
+        return True
+    return False if wait == 0.0 else None
+
+
+def _wait(lock: SupportsAsyncLock, timeout: float | None) -> Coroutine[Any, Any, bool]:
+    """``AsyncLock``'s own wait, for ``AsyncOnce.run``/``reset`` to await themselves.
+
+    The wait warns two frames above its own: with no frame of ours in between, that is
+    the line that called ``run``/``reset``.
+    """
+    from .aio import AsyncLock, _gate  # noqa: PLC0415 - loaded, since lock is an AsyncLock
+
+    assert isinstance(lock, AsyncLock)
+    return lock._wait(_gate(lock.lock), Deadline.after(normalize_timeout(True, timeout)))
 
 
 async def _maybe_await(value: object) -> Any:
