@@ -8,12 +8,16 @@ then skipped it.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import signal
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
 
-from .startup_server import SERVERS, Entry, check_journal, serving
+from .startup_server import EXAMPLE, SERVERS, Entry, check_journal, serving
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -90,6 +94,26 @@ def test_every_runner_killed_until_one_completes(
     assert len(runs) == 4
     for earlier, later in itertools.pairwise(runs):
         assert later["took_over_from"] == earlier["pid"]
+
+
+def test_journal_goes_to_the_temporary_directory_by_default(tmp_path: Path, lock_name: str) -> None:
+    # Run from a clone, the example must not leave its journal in the working directory.
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "STARTUP_JOURNAL"}
+    path = os.pathsep.join(filter(None, [str(EXAMPLE), env.get("PYTHONPATH")]))
+    env.update(TMPDIR=str(tmp), STARTUP_LOCK=lock_name, PYTHONPATH=path)
+    subprocess.run(
+        [sys.executable, "-c", "import app; app.journal('probe')"],
+        cwd=cwd,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    assert list(cwd.iterdir()) == []
+    (journal,) = tmp.iterdir()
+    assert [json.loads(line)["event"] for line in journal.read_text().splitlines()] == ["probe"]
 
 
 def _runs_started(count: int) -> Callable[[list[Entry]], bool]:

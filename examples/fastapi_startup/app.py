@@ -15,13 +15,15 @@ Settings, from the environment:
 
 - ``APP_VERSION``: the work runs once per version (default ``1``).
 - ``STARTUP_JOURNAL``: the file where the work writes what it does, one JSON object
-  a line (default ``startup-journal.jsonl``).
+  a line (default ``aplock-startup-journal-<uid>.jsonl`` in the temporary directory:
+  ``$TMPDIR``, else ``/tmp``).
 - ``STARTUP_SECONDS``: how long the pretend migration takes (default ``2``).
 - ``STARTUP_LOCK``: the lock's name (default ``aplock-example.migrate``).
 """
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,7 +35,10 @@ import aplock
 from aplock.startup import AsyncOnce
 
 APP_VERSION = os.environ.get("APP_VERSION", "1")
-JOURNAL = os.environ.get("STARTUP_JOURNAL", "startup-journal.jsonl")
+JOURNAL = os.environ.get(
+    "STARTUP_JOURNAL",
+    os.path.join(tempfile.gettempdir(), f"aplock-startup-journal-{os.getuid()}.jsonl"),
+)
 SECONDS = float(os.environ.get("STARTUP_SECONDS", "2"))
 LOCK = aplock.AsyncLock(os.environ.get("STARTUP_LOCK", "aplock-example.migrate"))
 
@@ -44,7 +49,7 @@ migrations = AsyncOnce(LOCK, key=APP_VERSION)
 def journal(event: str, **fields: object) -> None:
     """Append one line to the journal (one write, so lines never interleave)."""
     line = {"event": event, "pid": os.getpid(), "t": time.monotonic(), **fields}
-    fd = os.open(JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         os.write(fd, (json.dumps(line) + "\n").encode())
     finally:
