@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import inspect
-import json
 import os
 import stat
 import sys
@@ -253,6 +252,8 @@ class FileMarker:
         """Create the marker for *name* and *key* (replacing an existing one)."""
         path = self.path(name, key)
         record = {"name": name, "key": key, "pid": os.getpid(), "done_at": time.time()}
+        import json  # noqa: PLC0415 - here: a few ms that import aplock need not pay
+
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
