@@ -15,4 +15,5 @@ METRIC_MODULES: tuple[str, ...] = (
     "bench.async_uncontended_bench",
     "bench.async_tasks_bench",
     "bench.cancellation_bench",
+    "bench.import_time_bench",
 )
