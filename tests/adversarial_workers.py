@@ -240,7 +240,7 @@ class KillPoint:
     sem: int
     token: int
     holder: str  # "none", "detached", "dead", "live"
-    outcome: str  # "free", "recovered", "repaired", "stuck", "wedged-live", "BROKEN ..."
+    outcome: str  # "free", "recovered", "repaired", "stuck", "completed", "BROKEN ..."
     seconds: float
 
 
@@ -269,9 +269,7 @@ def _dead_holder(lock: aplock.Lock, half_done: bool) -> None:
             h.sem.acquire(0)
             me = _process.identity()
             generation = h.words[_state.GENERATION_WORD] + 1
-            _state.HOLD.pack_into(
-                h.mm, _state.HOLD_OFFSET, generation, me.start, me.ns, time.time(), me.pid
-            )
+            _state.write_hold(h.mm, generation, me, time.time())
         else:
             lock.acquire()
 
@@ -292,6 +290,7 @@ def _reset(lock: aplock.Lock) -> None:
     h = lock._h
     assert isinstance(h, _handle.Handle)
     with h.guard.held():
+        h.words[_state.INTENT_WORD] = 0
         if h.token.value == 1:
             h.token.acquire(0)
         h.words[_state.PID_WORD] = 0
@@ -367,8 +366,17 @@ def _settle(op: str, at: int, where: str, lock: aplock.Lock) -> KillPoint:
         return point("BROKEN: both semaphores posted")
     if sem == 1 and holder != "none":
         return point(f"BROKEN: free but the record names a {holder} holder")
-    if (sem, token, holder) == (0, 1, "live") and h.snapshot().pid == me:
-        lock.release()  # the child died after handing the lock back to us
+    if holder == "live" and h.snapshot().pid == me:
+        # The record names us: the child was releasing our acquisition, or handing
+        # the lock to us. A release that had taken H is finished by the next waiter;
+        # otherwise the lock is still ours, and our release must work.
+        if token == 0 and lock.acquire(timeout=0.5):
+            lock.release()
+            return point("completed")
+        try:
+            lock.release()
+        except aplock.LockNotHeldError:
+            return point("BROKEN: the live holder could not release its lock")
         return point("handed-back")
     if holder in ("live", "detached") or (sem, token, holder) == (0, 0, "none"):
         # Nobody can be proven dead: a waiter must not get it, whatever it waits.

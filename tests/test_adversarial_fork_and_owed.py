@@ -336,7 +336,7 @@ def test_a_stale_owed_mark_never_frees_a_later_acquisition(lock_name: str) -> No
     owed = _mark_current_owed(h)
     lock.release()  # someone released the owed acquisition after all...
     assert lock.acquire(False)  # ...and a later one holds the lock now
-    h.settle_owed()
+    h.settle()
     assert (h.sem.value, h.token.value) == (0, 1), "a later acquisition was freed"
     assert lock.acquisition is not None
     assert lock.acquisition.generation == owed + 1
@@ -352,7 +352,7 @@ def test_an_owed_mark_leaves_a_half_published_acquisition_alone(lock_name: str) 
     _mark_current_owed(h)
     lock.release()
     h.sem.acquire(0)  # the next acquirer, before its publish()
-    h.settle_owed()
+    h.settle()
     assert (h.sem.value, h.token.value) == (0, 0), "settling posted a lock it did not own"
     h.publish()
     lock.release()

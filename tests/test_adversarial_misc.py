@@ -137,8 +137,8 @@ def forge(lock: aplock.Lock, pid: int, start: int, ns: int) -> None:
     h = handle_of(lock)
     snap = h.snapshot()
     with h.guard.held():
-        _state.HOLD.pack_into(
-            h.mm, _state.HOLD_OFFSET, snap.generation, start, ns, snap.acquired_at, pid
+        _state.write_hold(
+            h.mm, snap.generation, _process.Identity(pid, start, ns), snap.acquired_at
         )
 
 

@@ -103,15 +103,9 @@ def test_a_reused_pid_is_not_mistaken_for_the_holder(lock_name: str) -> None:
         # Same pid, another start time: a different process that reuses the pid.
         snap = handle.snapshot()
         with handle.guard.held():
-            _state.HOLD.pack_into(
-                handle.mm,
-                _state.HOLD_OFFSET,
-                snap.generation,
-                snap.holder.start + 1,
-                snap.holder.ns,
-                snap.acquired_at,
-                other.pid,
-            )
+            held = snap.holder
+            reused = _process.Identity(other.pid, held.start + 1, held.ns)
+            _state.write_hold(handle.mm, snap.generation, reused, snap.acquired_at)
         with pytest.warns(aplock.AbandonedLockWarning):
             assert lock.acquire(timeout=30)
         lock.release()

@@ -185,9 +185,7 @@ def die_after_recording(name: str) -> None:
     h.sem.acquire(0)
     me = _process.identity()
     generation = h.words[_state.GENERATION_WORD] + 1
-    _state.HOLD.pack_into(
-        h.mm, _state.HOLD_OFFSET, generation, me.start, me.ns, time.time(), me.pid
-    )
+    _state.write_hold(h.mm, generation, me, time.time())
     os._exit(0)
 
 
@@ -234,3 +232,56 @@ def die_before_recording(name: str) -> None:
     lock = aplock.Lock(name)
     lock._h.sem.acquire(0)
     os._exit(0)
+
+
+def hold_then_release(name: str, acquired: Any, release: Any, out: Any) -> None:
+    """Acquire *name*, set *acquired*; once *release* is set, release and report how."""
+    lock = aplock.Lock(name)
+    lock.acquire()
+    acquired.set()
+    release.wait(60)
+    try:
+        lock.release()
+    except aplock.LockNotHeldError:
+        out.put("not held")
+    else:
+        out.put("released")
+
+
+def release_and_die(name: str, when: str) -> None:
+    """Release *name* (held by another process) and SIGKILL this process part-way.
+
+    ``when="took"``: once the release has taken the token and recorded so (the first
+    bytecode at which ``H`` is 0 and any intent in the record is past ``TAKING``);
+    ``when="trywait"``: the instant the trywait of ``H`` has returned.
+    """
+    import sys
+
+    from aplock import _handle, _state
+
+    lock = aplock.Lock(name)
+    h = lock._h
+    assert isinstance(h, _handle.Handle)
+    token, words = h.token, h.words
+    intent = getattr(_state, "INTENT_WORD", None)
+
+    def took() -> bool:
+        return token.value == 0 and (intent is None or words[intent] & 0xF0 not in (0, 0x10))
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode" and took():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return trace
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "c_return" and getattr(arg, "__self__", None) is token:
+            if getattr(arg, "__name__", "") == "acquire":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    if when == "took":
+        sys.settrace(trace)
+    else:
+        sys.setprofile(profile)
+    lock.release()
+    os._exit(0)  # pragma: no cover - the release never got that far

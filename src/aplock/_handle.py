@@ -5,34 +5,55 @@ semaphore ``H`` (1 while an acquisition is complete) and the state record ``R``.
 Invariant: ``L + H <= 1``, so no two holders can ever exist, whatever users do.
 
 - acquire:  wait ``L`` -> write ``R`` (one call) -> post ``H``
-- release:  trywait ``H`` (exactly one racing releaser wins; the rest get
-  ``LockNotHeldError``) -> clear ``R.pid`` -> post ``L``
+- release, own acquisition (``R.key`` is this process's key): trywait ``H`` -> clear
+  ``R.pid`` -> post ``L``, with no guard. Any other release takes the guard and does
+  the same steps as an intent (below): exactly one racing releaser gets ``H``; the rest
+  get ``LockNotHeldError``.
 - give back (an acquire interrupted by a signal handler's exception): if ``R``'s
   generation is unchanged, post ``L``; else mark its generation owed in ``R`` (one
   store) and, under the guard, trywait ``H`` and free the lock only if ``R`` still holds
   that generation. A waiter that finds the current generation owed does the same (a
   second handler's exception cut the give-back short).
-- recover:  under the guard, when ``R`` names a holder proven dead: trywait ``H`` and,
-  if ``R`` still names that holder, write ourselves into ``R`` and post ``H`` back.
-  ``L`` stays taken: the dead holder's acquisition becomes ours.
+- recover:  under the guard, when ``R`` names a holder proven dead and ``H`` is posted:
+  write ourselves into ``R`` (one call). ``L`` and ``H`` stay as they are: the dead
+  holder's acquisition becomes ours.
+- hand off: under the guard, take ``H``, rewrite the holder in ``R``, post ``H``.
+  The holder it records has key 0: no process takes the unguarded path for it.
+
+**Intents.** Every guarded section that takes ``H`` first writes an intent into ``R``
+(its kind, the generation it works on, phase ``TAKING``) and, once ``H`` is its own,
+phase ``TOOK``; it clears the intent after its last step. The kernel drops the guard
+of a dead process, so whoever next holds the guard and finds an intent knows that its
+writer is gone, and finishes the section (``_settle_intent``): a waiter does so within
+a slice. A release that reached ``TOOK`` is finished (it happened); anything short of
+that is undone (``H`` goes back). One instant is ambiguous: a writer killed right after
+its trywait of ``H`` returned, before it stored ``TOOK``, while the recorded holder's own
+process may be releasing through the unguarded path. Then only the recorded holder's
+process settles it (or anyone, once that process has died); until then the lock is
+held by that live holder, which can always release it.
 
 Every uncontended step is a userspace atomic in glibc: no system call, no guard. The
 guard (``_posix.Guard``) serializes only the rare paths: recovery, hand-off, release by a
-process other than the recorded holder, and a release that found ``H`` busy.
+process other than the recorded holder, a release that found ``H`` busy, and the
+settling of intents and owed acquisitions.
 
 A signal handler's exception can surface after any call: ``try_take`` and ``take`` say
 how each instant is undone, with no call in between for a second handler to interrupt.
 A process dies *between* two of these steps only in a window of a few bytecodes (see
 ``docs/concepts.md``). If it dies after writing ``R`` and before the matching step on
 the other semaphore, ``R`` names it, ``H`` and ``L`` are both 0, and no live process is
-mid-operation (cross-process releasers hold the guard); a waiter that sees that state
-unchanged for ``STUCK_AFTER`` seconds repairs it.
+mid-operation (intents are settled first); a waiter that sees that state unchanged for
+``STUCK_AFTER`` seconds repairs it. A process killed between taking ``L`` and writing
+``R``, or between clearing ``R.pid`` and posting ``L``, leaves the lock taken by
+nobody: the one state that no waiter may repair (a live process could be paused right
+there), which ``aplock repair`` frees.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 import weakref
@@ -41,22 +62,56 @@ from typing import Any
 
 from . import _posix, _state
 from ._names import PosixNames, posix_names
-from ._process import Identity, identity, is_proven_dead
+from ._process import Identity, identity, is_proven_dead, judge
 from .errors import LockClosedError, LockError, LockNotHeldError, LockPermissionError
 
 #: Default permission bits of a lock's OS objects: only this user may open them.
 DEFAULT_MODE = 0o600
 #: How long a dead holder's half-finished step must stay unchanged before it is repaired.
 STUCK_AFTER = 0.5
+#: How long the holder's own process lets its other threads finish an unguarded step
+#: before it settles an ambiguous intent (see ``Handle._holder_may_release``).
+OWN_THREADS_GRACE = 0.05
 
-_HOLD = _state.HOLD
+_FAST_HOLD = _state.FAST_HOLD
 _HOLD_AT = _state.HOLD_OFFSET
 _GEN_WORD = _state.GENERATION_WORD
+_KEY_WORD = _state.KEY_WORD
 _PID_WORD = _state.PID_WORD
 _OWED_WORD = _state.OWED_WORD
+_INTENT_WORD = _state.INTENT_WORD
+_INTENT_PID_WORD = _state.INTENT_PID_WORD
 _BusyError = _posix.BusyError
 _SignalError = _posix.SignalError
+_HAS_VALUE = _posix.HAS_VALUE
 _now = time.time
+
+
+class Intent:
+    """The values of ``R.intent``: ``kind | phase | generation << 8``.
+
+    Kinds: ``RELEASE`` frees the current acquisition; ``GIVE_BACK`` frees acquisition
+    *generation* if it is still current and otherwise puts back the token it took;
+    ``HAND_OFF`` rewrites the holder of acquisition *generation* and puts the token back.
+    Phases: ``TAKING``, the writer is about to trywait ``H`` (*generation* is a hint);
+    ``TOOK``, ``H`` is the writer's (*generation* is the acquisition it belongs to).
+    """
+
+    RELEASE = 1
+    GIVE_BACK = 2
+    HAND_OFF = 3
+    TAKING = 0x10
+    TOOK = 0x20
+
+    @staticmethod
+    def encode(kind: int, phase: int, generation: int) -> int:
+        """The record word for *kind* in *phase* on *generation*."""
+        return kind | phase | generation << 8
+
+    @staticmethod
+    def decode(word: int) -> tuple[int, int, int]:
+        """``(kind, phase, generation)`` of a record word."""
+        return word & 0x0F, word & 0xF0, word >> 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +134,10 @@ class Handle:
         "guard",
         "guard_fd",
         "me",
+        "me_key",
         "me_ns",
         "me_start",
+        "me_words",
         "mm",
         "name",
         "names",
@@ -102,6 +159,14 @@ class Handle:
                     f"its OS objects belong to uid {owner}, not to this user; use another "
                     "name, or pass the mode the owner shared it with (e.g. mode=0o666)",
                 )
+            version = _state.GENERATION.unpack_from(self.mm, 0)[0]
+            if version not in (0, _state.VERSION):
+                raise LockError(
+                    name,
+                    f"its state record has layout version {version}, written by another "
+                    f"aplock release (this one uses {_state.VERSION}); stop the processes "
+                    "that use it and remove it with 'aplock clean NAME'",
+                )
             self.sem = _posix.open_semaphore(name, self.names.semaphore, mode, 1)
             undo.callback(self.sem.close)
             self.token = _posix.open_semaphore(name, self.names.token, mode, 0)
@@ -112,6 +177,7 @@ class Handle:
             raw = _state.encode_name(name)
             self.mm[_state.NAME_OFFSET : _state.NAME_OFFSET + len(raw)] = raw
             _state.NAME_LEN.pack_into(self.mm, _state.NAME_LEN_OFFSET, len(raw))
+            _state.GENERATION.pack_into(self.mm, 0, _state.VERSION)
         self.guard: _posix.Guard | _posix.FailedGuard = _posix.Guard(name, self.guard_fd)
         #: The record as 64-bit words: one aligned store per field on the hot path.
         self.words = memoryview(self.mm).cast("q")
@@ -127,7 +193,7 @@ class Handle:
             self.mm,
             (self.words,),
         )
-        self._suspect: _state.Snapshot | None = None
+        self._suspect: tuple[int, Identity] | None = None
         self._suspect_since = 0.0
 
     # -- taking and releasing ------------------------------------------------------
@@ -155,9 +221,7 @@ class Handle:
             # publish(), written out: this is the uncontended path.
             now = _now()
             try:
-                _HOLD.pack_into(
-                    self.mm, _HOLD_AT, before + 1, self.me_start, self.me_ns, now, self.me
-                )
+                _FAST_HOLD.pack_into(self.mm, _HOLD_AT, before + 1, now, self.me_words)
             finally:
                 self.token.release()
         except BaseException:
@@ -241,7 +305,7 @@ class Handle:
         now = _now()
         generation = self.words[_GEN_WORD] + 1
         try:
-            _HOLD.pack_into(self.mm, _HOLD_AT, generation, self.me_start, self.me_ns, now, self.me)
+            _FAST_HOLD.pack_into(self.mm, _HOLD_AT, generation, now, self.me_words)
         finally:
             self.token.release()
         return generation
@@ -256,49 +320,69 @@ class Handle:
 
         The caller first marks the acquisition owed in the record (one store, which no
         signal handler can interrupt): if a second handler's exception cuts this call
-        short, a waiter settles the debt instead (``settle_owed``).
+        short, a waiter settles the debt instead (``settle``).
         """
         with self.guard.held():
-            self._free_if_current(before + 1)
+            if self._settle_intent():
+                self._free_if_current(before + 1)
 
-    def settle_owed(self) -> None:
-        """Free the current acquisition if its own process marked it owed (a waiter's job).
+    def settle(self) -> None:
+        """A waiter's chores: finish a section whose writer is gone, free an owed acquisition.
 
-        Cheap unless there is a debt; never blocks (a busy guard: the next slice retries).
+        Cheap unless there is an intent or a debt; never blocks (a busy guard: the next
+        slice retries).
         """
         words = self.words
         owed = words[_OWED_WORD]
-        if owed == 0 or owed != words[_GEN_WORD]:
+        if not words[_INTENT_WORD] and (owed == 0 or owed != words[_GEN_WORD]):
             return
         with self.guard.held(block=False) as got:
-            if got:
-                self._free_if_current(owed)
+            if got and self._settle_intent():
+                owed = words[_OWED_WORD]
+                if owed != 0 and owed == words[_GEN_WORD]:
+                    self._free_if_current(owed)
+
+    def _begin(self, kind: int) -> None:
+        """Under the guard: record that a section of *kind* is about to trywait ``H``."""
+        words = self.words
+        words[_INTENT_PID_WORD] = self.me
+        words[_INTENT_WORD] = Intent.encode(kind, Intent.TAKING, words[_GEN_WORD])
+
+    def _took(self, kind: int) -> None:
+        """Under the guard: record that ``H`` is ours, for the current acquisition."""
+        words = self.words
+        words[_INTENT_WORD] = Intent.encode(kind, Intent.TOOK, words[_GEN_WORD])
 
     def _free_if_current(self, generation: int) -> None:
         """Under the guard: free acquisition *generation* if it still holds the lock."""
         words = self.words
-        took = True
+        kind = Intent.GIVE_BACK
+        words[_INTENT_PID_WORD] = self.me
+        words[_INTENT_WORD] = Intent.encode(kind, Intent.TAKING, generation)
         try:
             self.token.acquire(0)
         except _BusyError:
-            took = False  # a releaser has it (and posts L), or a later holder is publishing
-        finally:
-            if took:
-                if words[_GEN_WORD] == generation:
-                    words[_PID_WORD] = 0
-                    self.sem.release()
-                else:
-                    self.token.release()  # a later acquisition's token: put it back
+            # A releaser has it (and posts L), or a later holder is publishing.
+            words[_INTENT_WORD] = 0
+            return
+        words[_INTENT_WORD] = Intent.encode(kind, Intent.TOOK, generation)
+        if words[_GEN_WORD] == generation:
+            words[_PID_WORD] = 0
+            self.sem.release()
+        else:
+            self.token.release()  # a later acquisition's token: put it back
+        words[_INTENT_WORD] = 0
 
     def _remember_identity(self) -> None:
         me = identity()
-        self.me, self.me_start, self.me_ns = me.pid, me.start, me.ns
+        self.me, self.me_start, self.me_ns, self.me_key = me.pid, me.start, me.ns, me.key
+        self.me_words = _state.pack_identity(me)
 
     def release(self) -> None:
         """Release the lock; ``LockNotHeldError`` if nobody holds it."""
         words = self.words
-        if words[_PID_WORD] == self.me:
-            # _free(), written out: this is the uncontended path.
+        if words[_KEY_WORD] == self.me_key:
+            # This process's own acquisition, written out: this is the uncontended path.
             took = True
             try:
                 self.token.acquire(0)
@@ -311,7 +395,7 @@ class Handle:
             if took:
                 return
         with self.guard.held():
-            if not self._free():
+            if not self._settle_intent() or not self._free():
                 raise LockNotHeldError(
                     self.name,
                     "release() called but nobody holds it; release each acquisition exactly "
@@ -319,31 +403,107 @@ class Handle:
                 )
 
     def _free(self) -> bool:
-        """Take the token and free the lock; ``False`` if there was no token to take.
+        """Under the guard: free the current acquisition; ``False`` if there is none.
 
-        Exactly one of any number of racing releasers takes the token. Once taken, the
-        release completes even if a signal handler's exception arrives right then.
+        Exactly one of any number of racing releasers takes the token. Signals are
+        deferred under the guard, so once taken the release completes; if this process
+        dies inside, the next holder of the guard completes it (``_settle_intent``).
         """
-        took = True
+        self._begin(Intent.RELEASE)
+        words = self.words
         try:
             self.token.acquire(0)
         except _BusyError:
-            took = False
-        finally:
-            if took:
-                self.words[_PID_WORD] = 0
+            words[_INTENT_WORD] = 0
+            return False
+        self._took(Intent.RELEASE)
+        words[_PID_WORD] = 0
+        self.sem.release()
+        words[_INTENT_WORD] = 0
+        return True
+
+    def _token_posted(self) -> bool:
+        """Under the guard: whether ``H`` is posted (an acquisition is complete)."""
+        if _HAS_VALUE:
+            return bool(self.token.value)
+        try:
+            self.token.acquire(0)
+        except _BusyError:
+            return False
+        self.token.release()
+        return True
+
+    def _settle_intent(self) -> bool:
+        """Under the guard: finish or undo the section of a writer that is gone.
+
+        A section that had taken ``H`` for a release (phase ``TOOK``) is finished: that
+        release happened. Anything else is undone: ``H`` goes back to the acquisition it
+        came from, as if the section had never begun. Returns whether no intent is left;
+        one that cannot be settled yet (see ``_holder_may_release``) stays for the
+        recorded holder's process to settle, and the caller acts as if ``H`` were busy.
+        """
+        words = self.words
+        word = words[_INTENT_WORD]
+        if word == 0:
+            return True
+        kind, phase, target = Intent.decode(word)
+        generation = words[_GEN_WORD]
+        if phase == Intent.TOOK and kind != Intent.GIVE_BACK and generation != target:
+            pass  # the acquisition it worked on has gone: the section was over
+        elif phase == Intent.TOOK and (
+            kind == Intent.RELEASE or (kind == Intent.GIVE_BACK and generation == target)
+        ):
+            # It held the current acquisition's token to free it: finish that.
+            if words[_PID_WORD] != 0:
+                words[_PID_WORD] = 0
                 self.sem.release()
-        return took
+        elif self._token_posted() or words[_PID_WORD] == 0:
+            pass  # it took no token, or the holder's own release has it
+        elif self._holder_may_release():
+            return False
+        else:
+            self.token.release()  # the token it took goes back to its acquisition
+        words[_INTENT_WORD] = 0
+        return True
+
+    def _holder_may_release(self) -> bool:
+        """Whether the recorded holder may be in its unguarded steps right now.
+
+        Its own release (trywait ``H`` .. post ``L``) and its publishing (take ``L`` ..
+        post ``H``) run without the guard, and only a process whose key is in ``R`` runs
+        them. If that is another live process (or one that cannot be judged), it may
+        be. If it is this process, its other threads are given ``OWN_THREADS_GRACE`` to
+        finish such a step (they wait for nothing while in one) before the answer is no.
+        """
+        words = self.words
+        if words[_PID_WORD] <= 0 or words[_KEY_WORD] == 0:
+            return False
+        if words[_KEY_WORD] != self.me_key:
+            return not is_proven_dead(self.snapshot().holder)
+        if threading.active_count() == 1:
+            return False
+        seen = (self.token.value if _HAS_VALUE else 0, words[_PID_WORD], words[_GEN_WORD])
+        end = time.monotonic() + OWN_THREADS_GRACE
+        while time.monotonic() < end:
+            time.sleep(sys.getswitchinterval())
+            now = (self.token.value if _HAS_VALUE else 0, words[_PID_WORD], words[_GEN_WORD])
+            if now != seen:
+                return True  # another thread moved it: it was in such a step
+        return False
 
     def locked(self) -> bool:
         """Whether some thread or process holds the lock now."""
-        if _posix.HAS_VALUE:
+        if _HAS_VALUE:
             return self.sem.value == 0
         return self.words[_PID_WORD] != 0
 
     def snapshot(self) -> _state.Snapshot:
         """One read of the state record."""
         return _state.read(self.mm)
+
+    def _held_by(self) -> tuple[int, Identity]:
+        snap = self.snapshot()
+        return snap.generation, snap.holder
 
     # -- the rare paths --------------------------------------------------------------
 
@@ -356,16 +516,13 @@ class Handle:
         with self.guard.held(block=False) as got:
             # Busy: someone (maybe frozen) is inside; try again at the next check rather
             # than block a waiter's timeout or cancellation on it.
-            if not got or self.snapshot() != seen:
+            if not got or not self._settle_intent():
                 return None
-            try:
-                self.token.acquire(0)
-            except _BusyError:
-                return self._repair_half_done(seen)
-            if self.snapshot() != seen:
-                self.token.release()  # not the dead holder's token after all: put it back
+            if self._held_by() != (seen.generation, seen.holder):
                 return None
-            return self._take_over(seen)
+            if self._token_posted():
+                return self._take_over(seen, post_token=False)
+            return self._repair_half_done(seen)
 
     def _repair_half_done(self, seen: _state.Snapshot) -> Takeover | None:
         """``R`` names a dead process but ``H`` is 0: it died mid-acquire or mid-release."""
@@ -377,29 +534,42 @@ class Handle:
             generation = self.publish()
             return Takeover(generation, 0, seen.generation)
         now = time.monotonic()
-        if self._suspect != seen:
-            self._suspect, self._suspect_since = seen, now
+        held = (seen.generation, seen.holder)
+        if self._suspect != held:
+            self._suspect, self._suspect_since = held, now
             return None
         if now - self._suspect_since < STUCK_AFTER:
             return None
         self._suspect = None
-        return self._take_over(seen)
+        return self._take_over(seen, post_token=True)
 
-    def _take_over(self, seen: _state.Snapshot) -> Takeover:
-        """Under the guard, owning the token (or repairing its loss): become the holder."""
-        mm = self.mm
+    def _take_over(self, seen: _state.Snapshot, *, post_token: bool) -> Takeover:
+        """Under the guard: become the holder of the dead holder's acquisition.
+
+        One call writes the new holder and the recovery fields. With *post_token* (the
+        dead holder's token was lost) the token is posted after it; if this process
+        dies in between, ``R`` names it, dead, with ``H`` at 0, and the next waiter
+        repairs that in turn.
+        """
         generation = seen.generation + 1
         now = _now()
         try:
-            _state.RECOVERY.pack_into(
-                mm, _state.RECOVERY_OFFSET, seen.recoveries + 1, seen.pid, generation
+            _state.TAKEOVER.pack_into(
+                self.mm,
+                _HOLD_AT,
+                generation,
+                now,
+                self.me_start,
+                self.me_ns,
+                self.me_key,
+                self.me,
+                seen.recoveries + 1,
+                seen.pid,
+                generation,
             )
-            _HOLD.pack_into(mm, _HOLD_AT, generation, self.me_start, self.me_ns, now, self.me)
         finally:
-            # Cut short by a signal handler's exception, this leaves either the dead
-            # holder's acquisition (for the next waiter to take over) or a whole one of
-            # ours: never a recorded holder without its token.
-            self.token.release()
+            if post_token:
+                self.token.release()
         return Takeover(generation, seen.pid, seen.generation)
 
     def repair_stuck(self, observe: float) -> bool:
@@ -420,7 +590,7 @@ class Handle:
             return False
         time.sleep(observe)
         with self.guard.held():
-            if state() != first:
+            if not self._settle_intent() or state() != first:
                 return False
             self.words[_PID_WORD] = 0
             self.sem.release()
@@ -429,23 +599,22 @@ class Handle:
     def hand_off(self, to: Identity | None) -> None:
         """Record *to* (or nobody: detached) as the holder of the current acquisition."""
         who = to or Identity(_state.DETACHED, 0, 0)
+        words = self.words
         with self.guard.held():
-            try:
-                self.token.acquire(0)
-            except _BusyError:
-                raise LockNotHeldError(
-                    self.name, "hand_off() needs the lock to be held; acquire it first"
-                ) from None
-            except BaseException:
-                self.token.release()  # taken just before a signal handler raised
-                raise
-            try:
-                snap = self.snapshot()
-                _HOLD.pack_into(
-                    self.mm, _HOLD_AT, snap.generation, who.start, who.ns, snap.acquired_at, who.pid
-                )
-            finally:
-                self.token.release()
+            if self._settle_intent():
+                self._begin(Intent.HAND_OFF)
+                try:
+                    self.token.acquire(0)
+                except _BusyError:
+                    words[_INTENT_WORD] = 0
+                else:
+                    self._took(Intent.HAND_OFF)
+                    snap = self.snapshot()
+                    _state.write_hold(self.mm, snap.generation, who, snap.acquired_at)
+                    self.token.release()
+                    words[_INTENT_WORD] = 0
+                    return
+        raise LockNotHeldError(self.name, "hand_off() needs the lock to be held; acquire it first")
 
     def reset_after_fork(self) -> None:
         """Forget this process's in-memory state in a forked child.

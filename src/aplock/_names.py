@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 
 PREFIX = "aplock."
+#: The longest lock name, in characters (the state record stores the whole name).
+MAX_LENGTH = 1024
 #: Longest POSIX name on platforms with a short limit (macOS: PSEMNAMLEN is 31).
 SHORT_NAME_MAX = 31
 #: Characters kept in the readable slug on platforms with ``NAME_MAX`` 255 names.
@@ -33,6 +35,11 @@ def validate(name: object) -> str:
         raise TypeError(f"a lock name must be a str, not {type(name).__name__}: {name!r}")
     if not name:
         raise ValueError("a lock name must not be empty: choose a name such as 'myapp.migrate'")
+    if len(name) > MAX_LENGTH:
+        raise ValueError(
+            f"a lock name must be at most {MAX_LENGTH} characters, not {len(name)} "
+            f"({name[:40]!r}...): use a shorter name, or a digest of a long one"
+        )
     return name
 
 

@@ -3,24 +3,30 @@
 Layout (native byte order, every field 8-byte aligned; all zeros is a valid free lock)::
 
     offset  field         meaning
-    0       version       layout version (0 or 1)
+    0       version       layout version (0 or 2)
     8       generation    fencing token of the latest acquisition (grows by 1 each time)
-    16      start         holder's process start time, clock ticks since boot
-    24      ns            holder's pid-namespace inode
-    32      acquired_at   wall-clock time of the latest acquisition (for display)
-    40      pid           holder pid: 0 = none, -1 = detached (handed off to nobody)
-    48      recoveries    how many times a dead holder's lock was taken over
-    56      abandoned_pid pid of the latest dead holder taken over
-    64      recovered_gen generation of the acquisition that took it over
-    72      name_len      length of the UTF-8 name that follows
-    80      owed          generation of an acquisition whose acquire() raised and that
+    16      acquired_at   wall-clock time of the latest acquisition (for display)
+    24      start         holder's process start time, clock ticks since boot
+    32      ns            holder's pid-namespace inode
+    40      key           holder's process key: a random word of its own, 0 if unknown
+    48      pid           holder pid: 0 = none, -1 = detached (handed off to nobody)
+    56      recoveries    how many times a dead holder's lock was taken over
+    64      abandoned_pid pid of the latest dead holder taken over
+    72      recovered_gen generation of the acquisition that took it over
+    80      name_len      length of the UTF-8 name stored at ``NAME_OFFSET``
+    88      owed          generation of an acquisition whose acquire() raised and that
                           its process could not give back (see ``_handle``); it is
                           stale once ``generation`` has moved past it
-    88      name          the user's lock name (for inspection), truncated to fit
+    96      intent        the guarded section in progress: kind | phase << 8 (0: none)
+    104     intent_pid    pid of the process that wrote the intent (for display)
+    112     (reserved)
+    256     name          the user's lock name, whole (at most ``NAME_MAX_BYTES``)
 
 Only the process that owns the lock's token writes ``generation`` .. ``pid``, and writes
-them in that order, ``pid`` last: a reader that sees a pid sees the rest of its
-acquisition once the token is published (see ``_handle``).
+them with one call (the holder's four words are one 32-byte copy, ``IDENTITY``): a
+reader that sees the token posted sees the whole acquisition (see ``_handle``). A take-over writes them
+together with the recovery fields, in one call as well. ``intent`` is written and read
+only under the guard (``_handle.Intent`` says what each value means).
 """
 
 from __future__ import annotations
@@ -29,31 +35,43 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ._names import MAX_LENGTH
 from ._process import Identity
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
-SIZE = 4096
-VERSION = 1
+SIZE = 8192
+VERSION = 2
 DETACHED = -1
 
-HOLD = struct.Struct("@QQQdq")  # generation, start, ns, acquired_at, pid
+HOLD = struct.Struct("@QdQQqq")  # generation, acquired_at, start, ns, key, pid
 HOLD_OFFSET = 8
+#: The holder's words (start, ns, key, pid): packed once per process, copied per acquire.
+IDENTITY = struct.Struct("@QQqq")
+#: The hot path's write: generation, acquired_at and the holder's packed identity.
+FAST_HOLD = struct.Struct(f"@Qd{IDENTITY.size}s")
+#: A take-over: the hold fields and the recovery fields, in one call.
+TAKEOVER = struct.Struct("@QdQQqqQqQ")
 GENERATION = struct.Struct("@Q")
 GENERATION_OFFSET = 8
-PID = struct.Struct("@q")
-PID_OFFSET = 40
+PID_OFFSET = 48
 #: Indexes of the fields in the record viewed as 64-bit words.
 GENERATION_WORD = GENERATION_OFFSET // 8
+START_WORD = 24 // 8
+NS_WORD = 32 // 8
+KEY_WORD = 40 // 8
 PID_WORD = PID_OFFSET // 8
 RECOVERY = struct.Struct("@QqQ")  # recoveries, abandoned_pid, recovered_gen
-RECOVERY_OFFSET = 48
+RECOVERY_OFFSET = 56
 NAME_LEN = struct.Struct("@Q")
-NAME_LEN_OFFSET = 72
-OWED_WORD = 80 // 8
-NAME_OFFSET = 88
-NAME_MAX_BYTES = SIZE - NAME_OFFSET
+NAME_LEN_OFFSET = 80
+OWED_WORD = 88 // 8
+INTENT_WORD = 96 // 8
+INTENT_PID_WORD = 104 // 8
+NAME_OFFSET = 256
+#: Room for the longest name (``_names.MAX_LENGTH`` characters) in UTF-8.
+NAME_MAX_BYTES = 4 * MAX_LENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +84,8 @@ class Snapshot:
     recoveries: int
     abandoned_pid: int
     recovered_generation: int
+    intent: int = 0
+    intent_pid: int = 0
 
     @property
     def pid(self) -> int:
@@ -75,18 +95,28 @@ class Snapshot:
 
 def read(buf: ReadableBuffer) -> Snapshot:
     """Read the record from a buffer (an ``mmap`` or bytes)."""
-    generation, start, ns, acquired_at, pid = HOLD.unpack_from(buf, HOLD_OFFSET)
+    generation, acquired_at, start, ns, key, pid = HOLD.unpack_from(buf, HOLD_OFFSET)
     recoveries, abandoned, recovered = RECOVERY.unpack_from(buf, RECOVERY_OFFSET)
-    holder = Identity(pid, start, ns)
-    return Snapshot(generation, holder, acquired_at, recoveries, abandoned, recovered)
+    intent, intent_pid = struct.unpack_from("@qq", buf, INTENT_WORD * 8)
+    holder = Identity(pid, start, ns, key)
+    return Snapshot(
+        generation, holder, acquired_at, recoveries, abandoned, recovered, intent, intent_pid
+    )
+
+
+def pack_identity(who: Identity) -> bytes:
+    """*who* as the holder's words of the record (see ``FAST_HOLD``)."""
+    return IDENTITY.pack(who.start, who.ns, who.key, who.pid)
+
+
+def write_hold(buf: WriteableBuffer, generation: int, who: Identity, acquired_at: float) -> None:
+    """Record *who* as the holder of acquisition *generation* (one call)."""
+    FAST_HOLD.pack_into(buf, HOLD_OFFSET, generation, acquired_at, pack_identity(who))
 
 
 def encode_name(name: str) -> bytes:
-    """The record's copy of *name*: UTF-8, cut at a character boundary to fit."""
-    raw = name.encode("utf-8", "surrogatepass")
-    if len(raw) <= NAME_MAX_BYTES:
-        return raw
-    return raw[:NAME_MAX_BYTES].decode("utf-8", "ignore").encode("utf-8")
+    """The record's copy of *name*: its UTF-8 bytes (a validated name always fits)."""
+    return name.encode("utf-8", "surrogatepass")
 
 
 def read_name(buf: ReadableBuffer) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from . import _handle, _posix, _state
 from ._deadline import Deadline, normalize_timeout
 from ._names import posix_names, validate
-from ._process import identity_of, is_proven_dead
+from ._process import identity_of, judge
 from .errors import AbandonedLockWarning
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class Lock:
                 return True, None
             if cancelled is not None and cancelled():
                 return False, None
-            h.settle_owed()  # an acquisition whose acquire() raised and that nobody owns
+            h.settle()  # a section whose writer died, an acquisition that nobody owns
             now = time.monotonic()
             if check_at is not None and now >= check_at:
                 check_at = now + interval  # type: ignore[operator]
@@ -235,7 +235,7 @@ class Lock:
         snap = h.snapshot()
         locked = h.locked()
         pid = snap.pid if locked and snap.pid != 0 else None
-        alive = None if pid is None or pid < 0 else not is_proven_dead(snap.holder)
+        alive = None if pid is None else judge(snap.holder)
         held_for = max(time.time() - snap.acquired_at, 0.0) if pid is not None else None
         return LockInfo(self._name, locked, pid, alive, held_for, snap.generation, snap.recoveries)
 
