@@ -326,7 +326,7 @@ def _operation(
             h.recover()
 
     def suspect() -> None:
-        h._suspect = h.snapshot()
+        h._suspect = h._held_by()
         h._suspect_since = time.monotonic() - 10 * _handle.STUCK_AFTER
 
     table: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {

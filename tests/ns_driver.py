@@ -58,11 +58,11 @@ def release_paused(name: str, paused_fd: int, resume_fd: int) -> None:
     token = handle_of(lock).token
 
     def hook(frame: Any, event: str, arg: Any) -> None:
-        if event == "c_return" and getattr(arg, "__self__", None) is token:
-            if getattr(arg, "__name__", "") == "acquire":
-                sys.setprofile(None)
-                os.write(paused_fd, b"p")
-                os.read(resume_fd, 1)
+        called = getattr(arg, "__name__", "")
+        if event == "c_return" and getattr(arg, "__self__", None) is token and called == "acquire":
+            sys.setprofile(None)
+            os.write(paused_fd, b"p")
+            os.read(resume_fd, 1)
 
     sys.setprofile(hook)
     try:

@@ -48,3 +48,21 @@ def test_empty_name_is_a_value_error() -> None:
 def test_non_str_name_is_a_type_error(bad: object) -> None:
     with pytest.raises(TypeError, match="must be a str"):
         _names.validate(bad)
+
+
+def test_a_name_longer_than_the_limit_is_a_value_error() -> None:
+    _names.validate("x" * _names.MAX_LENGTH)
+    with pytest.raises(ValueError, match=r"at most 1024 characters, not 1025"):
+        _names.validate("x" * (_names.MAX_LENGTH + 1))
+
+
+def test_the_record_stores_the_longest_name_whole() -> None:
+    from aplock import _state
+
+    name = "\U0001f512" * _names.MAX_LENGTH  # four UTF-8 bytes each
+    raw = _state.encode_name(name)
+    assert len(raw) == _state.NAME_MAX_BYTES
+    buf = bytearray(_state.SIZE)
+    buf[_state.NAME_OFFSET : _state.NAME_OFFSET + len(raw)] = raw
+    _state.NAME_LEN.pack_into(buf, _state.NAME_LEN_OFFSET, len(raw))
+    assert _state.read_name(bytes(buf)) == name

@@ -253,6 +253,22 @@ def test_unlink(lock_name: str) -> None:
     assert aplock.unlink(lock_name) is False  # absent is not an error
 
 
+def test_a_lock_opened_after_unlink_is_the_new_lock(lock_name: str) -> None:
+    """After ``unlink`` the objects that were open keep the old lock; new objects in
+    this process open the new one, which is what every other process opens too."""
+    old = aplock.Lock(lock_name)
+    assert old.acquire(False)
+    assert aplock.unlink(lock_name)
+    new = aplock.Lock(lock_name)
+    assert new.acquire(False), "the new lock is the old, unlinked one"
+    out = SPAWN.Queue()
+    with running(workers.try_acquire, lock_name, 0.2, out):
+        _pid, got, _warned = out.get(timeout=30)
+    assert not got, "another process does not share this process's new lock"
+    new.release()
+    old.release()
+
+
 def test_nothing_is_unlinked_implicitly(lock_name: str) -> None:
     lock = aplock.Lock(lock_name)
     names = _names.posix_names(lock_name)
@@ -451,3 +467,19 @@ def test_close_while_another_thread_waits_ends_that_wait(lock_name: str) -> None
     assert not t.is_alive()
     assert len(errors) == 1
     aplock.Lock(lock_name).release()
+
+
+def test_the_longest_name_is_reported_whole_and_found_again(lock_name: str) -> None:
+    from aplock import _inspect
+
+    name = lock_name + "\U0001f512" * (_names.MAX_LENGTH - len(lock_name))
+    lock = aplock.Lock(name)
+    try:
+        found = _inspect.find(name)
+        assert found is not None
+        assert found.name == name
+    finally:
+        lock.close()
+        aplock.unlink(name)
+    with pytest.raises(ValueError, match="at most 1024 characters"):
+        aplock.Lock(name + "x")

@@ -275,9 +275,9 @@ def release_and_die(name: str, when: str) -> None:
         return trace
 
     def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "c_return" and getattr(arg, "__self__", None) is token:
-            if getattr(arg, "__name__", "") == "acquire":
-                os.kill(os.getpid(), signal.SIGKILL)
+        called = getattr(arg, "__name__", "")
+        if event == "c_return" and getattr(arg, "__self__", None) is token and called == "acquire":
+            os.kill(os.getpid(), signal.SIGKILL)
 
     if when == "took":
         sys.settrace(trace)

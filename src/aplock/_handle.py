@@ -62,7 +62,7 @@ from typing import Any
 
 from . import _posix, _state
 from ._names import PosixNames, posix_names
-from ._process import Identity, identity, is_proven_dead, judge
+from ._process import Identity, identity, is_proven_dead
 from .errors import LockClosedError, LockError, LockNotHeldError, LockPermissionError
 
 #: Default permission bits of a lock's OS objects: only this user may open them.
@@ -661,6 +661,15 @@ def acquire_handle(name: str, mode: int) -> Handle:
             handle = Handle(name, mode)
             _registry[name] = handle
         return handle
+
+
+def forget_handle(name: str) -> None:
+    """Let the next ``acquire_handle(name)`` open the OS objects anew (after an unlink).
+
+    Objects that use the old handle keep it, as other processes keep theirs.
+    """
+    with _registry_lock:
+        _registry.pop(name, None)
 
 
 def open_handles() -> list[Handle]:

@@ -24,9 +24,10 @@ Layout (native byte order, every field 8-byte aligned; all zeros is a valid free
 
 Only the process that owns the lock's token writes ``generation`` .. ``pid``, and writes
 them with one call (the holder's four words are one 32-byte copy, ``IDENTITY``): a
-reader that sees the token posted sees the whole acquisition (see ``_handle``). A take-over writes them
-together with the recovery fields, in one call as well. ``intent`` is written and read
-only under the guard (``_handle.Intent`` says what each value means).
+reader that sees the token posted sees the whole acquisition (see ``_handle``). A
+take-over writes them together with the recovery fields, in one call as well.
+``intent`` is written and read only under the guard (``_handle.Intent`` says what each
+value means).
 """
 
 from __future__ import annotations

@@ -296,7 +296,11 @@ def unlink(name: str) -> bool:
     """Remove the OS objects of lock *name*; return whether there were any.
 
     A missing lock is not an error. Only call this when no process uses the lock any
-    more: processes that have it open keep the old objects, while later openers get
-    new ones, so the two groups would no longer exclude each other.
+    more: objects that have it open (in this process or another) keep the old OS
+    objects, while objects created afterwards get new ones, so the two groups would no
+    longer exclude each other.
     """
-    return _posix.unlink(name, posix_names(validate(name), short=_posix.SHORT_NAMES))
+    names = posix_names(validate(name), short=_posix.SHORT_NAMES)
+    # New objects in this process must open the new lock, as other processes will.
+    _handle.forget_handle(name)
+    return _posix.unlink(name, names)
