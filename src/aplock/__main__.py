@@ -1,24 +1,55 @@
 """The ``aplock`` command: inspect and clean the locks on this host, or run the demo.
 
-Exit status: 0 success; 1 a named lock does not exist, or ``clean`` or ``repair``
-refused (the lock is in use); 2 bad usage.
+Exit status: 0 success, including a sweep (``clean`` with no names) that left locks in use
+in place; 1 a named lock does not exist, ``clean NAME`` or ``repair`` refused (the lock is
+in use, or belongs to another user), or removing something failed; 2 bad usage (an empty
+name, say).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _demo, _inspect
+from ._names import validate
 from ._version import __version__
+from .errors import LockError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+REPAIR_HELP = (
+    "free a stuck lock (taken, but by nobody: a process died mid-acquire or mid-release) "
+    "in place, without restarting its users"
+)
+REPAIR_DESCRIPTION = (
+    "Free a stuck lock (taken, but by nobody: a process died mid-acquire or mid-release) "
+    "in place, without restarting its users. repair observes the stuck state (both of the "
+    "lock's semaphores at 0, no live holder recorded) unchanged for --observe seconds, "
+    "then frees the lock. It is safe unless a user of the lock is paused (SIGSTOP, a "
+    "debugger) during the observation right between taking the lock semaphore and "
+    "recording itself, or, in a release, between clearing its record and posting the "
+    "semaphore: when it resumes, two processes can hold the lock."
+)
+
+
+def _printable(text: str) -> str:
+    """*text* with every character a terminal would not print as such escaped, as repr does."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+def _label(lock: _inspect.HostLock) -> str:
+    return repr(lock.name or lock.base)
 
 
 def _holder(lock: _inspect.HostLock) -> str:
@@ -31,6 +62,10 @@ def _holder(lock: _inspect.HostLock) -> str:
 
 
 def _state(lock: _inspect.HostLock) -> str:
+    if not lock.readable:
+        if lock.layout is None:
+            return f"unreadable (uid {lock.owner_uid})"
+        return f"unreadable (layout {lock.layout})"
     if lock.locked is None:
         return "?"
     if lock.stuck:
@@ -42,10 +77,10 @@ def _table(locks: Sequence[_inspect.HostLock]) -> str:
     rows = [("NAME", "STATE", "HOLDER", "HELD FOR", "GENERATION", "OPEN IN")]
     for lock in locks:
         held = "-" if lock.held_for is None else f"{lock.held_for:.1f}s"
+        generation = "-" if lock.generation is None else str(lock.generation)
         users = ",".join(map(str, lock.users)) or "-"
-        rows.append(
-            (lock.name or lock.base, _state(lock), _holder(lock), held, str(lock.generation), users)
-        )
+        name = _printable(lock.name) if lock.name else lock.base
+        rows.append((name, _state(lock), _holder(lock), held, generation, users))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
@@ -61,6 +96,11 @@ def _print(locks: Sequence[_inspect.HostLock], as_json: bool) -> None:
         print("no aplock locks on this host")
 
 
+def _missing(name: str) -> int:
+    print(f"aplock: no lock named {name!r} on this host", file=sys.stderr)
+    return EXIT_REFUSED
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     _print(_inspect.scan(), args.json)
     return EXIT_OK
@@ -69,8 +109,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     lock = _inspect.find(args.name)
     if lock is None:
-        print(f"aplock: no lock named {args.name!r} on this host", file=sys.stderr)
-        return EXIT_REFUSED
+        return _missing(args.name)
     if args.json:
         print(json.dumps(lock.to_json(), indent=2))
     else:
@@ -78,53 +117,73 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _refusal(lock: _inspect.HostLock, force: bool) -> str | None:
+    why = _inspect.owner_refusal(lock)
+    if why is not None or force:
+        return why
+    why = _inspect.use_refusal(lock)
+    return None if why is None else f"{why} (use --force to remove anyway)"
+
+
 def _cmd_clean(args: argparse.Namespace) -> int:
-    if args.names:
+    """Remove the named locks, or sweep them all; a sweep leaves locks in use and succeeds."""
+    sweep = not args.names
+    missing = False
+    if sweep:
+        locks = _inspect.scan()
+    else:
         locks = []
-        missing = False
         for name in args.names:
             found = _inspect.find(name)
             if found is None:
-                print(f"aplock: no lock named {name!r} on this host", file=sys.stderr)
+                _missing(name)
                 missing = True
             else:
                 locks.append(found)
-    else:
-        locks, missing = _inspect.scan(), False
-    removed, refused = [], []
+    removed: list[tuple[_inspect.HostLock, list[str]]] = []
+    refused: list[tuple[_inspect.HostLock, str]] = []
+    failed: list[tuple[_inspect.HostLock, str]] = []
     for lock in locks:
-        if lock.removable or args.force:
-            _inspect.remove(lock)
-            removed.append(lock)
+        why = _refusal(lock, args.force)
+        if why is not None:
+            refused.append((lock, why))
+            continue
+        try:
+            markers = _inspect.remove(lock)
+        except LockError as exc:
+            failed.append((lock, exc.detail))
         else:
-            refused.append(lock)
+            removed.append((lock, markers))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "removed": [lock.to_json() for lock in removed],
-                    "refused": [lock.to_json() for lock in refused],
-                },
-                indent=2,
-            )
-        )
+        report: dict[str, list[dict[str, Any]]] = {
+            "removed": [lock.to_json() | {"markers": markers} for lock, markers in removed],
+            "refused": [lock.to_json() | {"reason": why} for lock, why in refused],
+            "failed": [lock.to_json() | {"error": error} for lock, error in failed],
+        }
+        print(json.dumps(report, indent=2))
     else:
-        for lock in removed:
-            print(f"removed {lock.name or lock.base!r}")
-        for lock in refused:
-            why = (
-                f"open in pid {', '.join(map(str, lock.users))}"
-                if lock.users
-                else f"held by live pid {lock.holder_pid}"
-            )
-            print(f"refused {lock.name or lock.base!r}: {why} (use --force to remove anyway)")
-    return EXIT_REFUSED if refused or missing else EXIT_OK
+        for lock, markers in removed:
+            n = len(markers)
+            also = f" and its {n} run-once marker{'s' if n > 1 else ''}" if n else ""
+            print(f"removed {_label(lock)}{also}")
+        for lock, why in refused:
+            print(f"refused {_label(lock)}: {why}")
+        for lock, error in failed:
+            print(f"aplock: could not remove {_label(lock)}: {error}", file=sys.stderr)
+    if failed or missing or (refused and not sweep):
+        return EXIT_REFUSED
+    return EXIT_OK
 
 
 def _cmd_repair(args: argparse.Namespace) -> int:
     found = _inspect.find(args.name)
     if found is None:
-        print(f"aplock: no lock named {args.name!r} on this host", file=sys.stderr)
+        return _missing(args.name)
+    why = _inspect.owner_refusal(found)
+    if why is None and not found.readable:
+        why = "its state record cannot be read"
+    if why is not None:
+        print(f"refused {args.name!r}: {why}")
         return EXIT_REFUSED
     if not found.stuck:
         print(f"refused {args.name!r}: not stuck ({_state(found)}); nothing to repair")
@@ -158,16 +217,19 @@ def parser() -> argparse.ArgumentParser:
         "clean",
         help="remove locks that no running process has open and that are free or whose "
         "holder is dead",
+        description="Remove locks that no running process has open and that are free or "
+        "whose holder is dead, with their run-once markers. Without names it sweeps every "
+        "lock on the host: the locks it refuses (in use, or another user's) stay and are "
+        "listed, and it still exits with 0. With names, a lock that is refused or missing "
+        "makes it exit with 1.",
     )
     clean.add_argument("names", nargs="*", help="only these locks (default: all)")
-    clean.add_argument("--force", action="store_true", help="remove even locks in use")
+    clean.add_argument(
+        "--force", action="store_true", help="remove even locks in use (not another user's)"
+    )
     clean.add_argument("--json", action="store_true", help="print JSON")
     clean.set_defaults(run=_cmd_clean)
-    repair = sub.add_parser(
-        "repair",
-        help="free a stuck lock (taken, but by nobody: a process died mid-acquire); "
-        "stop or pause its users first",
-    )
+    repair = sub.add_parser("repair", help=REPAIR_HELP, description=REPAIR_DESCRIPTION)
     repair.add_argument("name", help="the lock's name")
     repair.add_argument(
         "--observe",
@@ -177,16 +239,46 @@ def parser() -> argparse.ArgumentParser:
         help="how long the stuck state must stay unchanged (default 1)",
     )
     repair.set_defaults(run=_cmd_repair)
-    demo = sub.add_parser("demo", help="spawned processes and async tasks share one lock")
-    demo.add_argument("--rounds", type=int, default=3, help="critical sections per task")
+    demo = sub.add_parser(
+        "demo",
+        help="spawned processes and async tasks share a lock; a killed holder's lock is taken over",
+    )
+    demo.add_argument(
+        "--rounds", type=int, default=3, help="critical sections per task (default 3, at least 1)"
+    )
     demo.set_defaults(run=_cmd_demo)
     return p
+
+
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with arguments that argparse accepted, if anything."""
+    names = [args.name] if hasattr(args, "name") else getattr(args, "names", [])
+    for name in names:
+        try:
+            validate(name)
+        except ValueError as exc:
+            return str(exc)
+    observe = getattr(args, "observe", 1.0)
+    if not (math.isfinite(observe) and observe > 0):
+        return f"--observe must be a number of seconds above 0, not {observe}"
+    rounds = getattr(args, "rounds", 1)
+    if rounds < 1:
+        return f"--rounds must be at least 1, not {rounds}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``aplock`` command."""
     args = parser().parse_args(argv)
-    status: int = args.run(args)
+    error = _usage_error(args)
+    if error is not None:
+        print(f"aplock: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        status: int = args.run(args)
+    except LockError as exc:
+        print(f"aplock: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     return status
 
 

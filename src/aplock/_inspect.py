@@ -5,18 +5,29 @@ lock open are found through ``/proc/<pid>/maps`` (every handle maps its record),
 ``clean`` never removes a lock that a running process still uses: that process would
 keep the old objects while new openers got new ones, and the two would no longer
 exclude each other.
+
+Another user's lock (created with the default mode ``0o600``) is listed as *unreadable*
+with its owner's uid, and a record of another aplock release's layout as unreadable with
+its layout version; nothing about one lock can make the inspection of another fail.
+A lock's run-once markers (the files of ``startup.FileMarker`` in its default directory)
+belong to it: ``remove`` removes them with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
+import stat
+import struct
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import _names, _posix, _state
 from ._process import is_proven_dead
+from .errors import LockPermissionError, LockUnavailableError
+from .startup import _MARKER_INFIX, FileMarker
 from .sync import Lock
 
 
@@ -25,16 +36,24 @@ class HostLock:
     """One lock found on this host.
 
     Attributes:
-        name: the user's name (from the record; '' if it was never written).
+        name: the user's name (from the record, or as looked up; '' if unknown).
         base: the POSIX base name of its objects.
-        locked: whether it is held (``None`` if the semaphore is missing).
-        holder_pid: recorded holder (``None`` if none, ``-1`` if detached).
+        locked: whether it is held (``None`` if unknown: the semaphore is missing or
+            cannot be opened).
+        holder_pid: recorded holder (``None`` if none or unknown, ``-1`` if detached).
         holder_alive: whether the holder is alive (``None`` if unknown or no holder).
-        held_for: seconds since it was acquired (``None`` if free).
-        generation: fencing token of the latest acquisition.
-        recoveries: how many abandoned acquisitions were taken over.
-        users: pids of live processes that have it open.
+        held_for: seconds since it was acquired (``None`` if free or unknown).
+        generation: fencing token of the latest acquisition (``None`` if unreadable).
+        recoveries: how many abandoned acquisitions were taken over (``None`` if
+            unreadable).
+        users: pids of live processes that have it open (among those this user may see).
         stuck: held by nobody: a process died in mid-acquire or mid-release.
+        owner_uid: the uid that owns its state record.
+        mode: the permission bits of its state record (the lock's ``mode``).
+        readable: whether its state record could be read and understood: another user's
+            lock with the default mode cannot be read, and a record of another aplock
+            release's layout is not understood.
+        layout: the layout version of its state record (``None`` if it cannot be read).
     """
 
     name: str
@@ -43,15 +62,19 @@ class HostLock:
     holder_pid: int | None
     holder_alive: bool | None
     held_for: float | None
-    generation: int
-    recoveries: int
+    generation: int | None
+    recoveries: int | None
     users: tuple[int, ...]
     stuck: bool
+    owner_uid: int
+    mode: int
+    readable: bool = True
+    layout: int | None = _state.VERSION
 
     @property
     def removable(self) -> bool:
         """Whether ``clean`` may remove it without ``--force``."""
-        return not self.users and (not self.locked or self.holder_alive is False)
+        return owner_refusal(self) is None and use_refusal(self) is None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -59,6 +82,47 @@ class HostLock:
         data["users"] = list(self.users)
         data["removable"] = self.removable
         return data
+
+
+def owner_refusal(lock: HostLock) -> str | None:
+    """Why this user cannot remove *lock* at all, even with ``--force`` (``None``: it can).
+
+    ``/dev/shm`` is sticky: only a file's owner (or root) may remove it.
+    """
+    me = os.geteuid()
+    if me in (0, lock.owner_uid):
+        return None
+    return f"belongs to uid {lock.owner_uid}: clean it as that user or as root"
+
+
+def use_refusal(lock: HostLock) -> str | None:
+    """Why ``clean`` must not remove *lock* without ``--force`` (``None``: it may).
+
+    Only root sees which processes of other users have a lock open: for anyone else, a
+    lock whose mode lets other users open it may be in use unseen.
+    """
+    if not lock.readable:
+        if lock.layout is None:
+            return "its state record cannot be read"
+        return f"its state record cannot be understood (layout version {lock.layout})"
+    if lock.users:
+        return f"open in pid {', '.join(map(str, lock.users))}"
+    if lock.mode & 0o077 and os.geteuid() != 0:
+        return (
+            f"its mode {lock.mode:#o} lets other users open it, and only root sees their "
+            "processes: clean it as root"
+        )
+    if not lock.locked or lock.holder_alive is False:
+        return None
+    if lock.stuck:
+        return "stuck: held by nobody (free it with 'aplock repair NAME')"
+    if lock.holder_pid is None:
+        return "held"
+    if lock.holder_pid < 0:
+        return "held, handed off to no process"
+    if lock.holder_alive:
+        return f"held by live pid {lock.holder_pid}"
+    return f"held by pid {lock.holder_pid}, which cannot be proven dead"
 
 
 def _users() -> dict[str, list[int]]:
@@ -82,36 +146,83 @@ def _users() -> dict[str, list[int]]:
     return {k: sorted(set(v)) for k, v in found.items()}
 
 
-def _read_record(entry: str) -> bytes | None:
+#: The record's first word: its layout version (0 in a record nobody has written yet).
+_LAYOUT = struct.Struct("@Q")
+
+
+def _read_record(entry: str) -> tuple[os.stat_result, bytes | None] | None:
+    """``(stat, bytes)`` of a state record, bytes ``None`` if this user may not read it.
+
+    ``None`` if the entry is gone, is not a regular file, or is not sized yet.
+    """
+    path = f"{_posix.SHM_DIR}/{entry}"
     try:
-        fd = os.open(f"{_posix.SHM_DIR}/{entry}", os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        if os.fstat(fd).st_size < _state.SIZE:
+        # O_NONBLOCK: a FIFO that happens to have a record's name must not hang the scan.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except PermissionError:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
             return None
+        return (st, None) if stat.S_ISREG(st.st_mode) else None
+    except OSError:
+        return None  # gone since the listing, a link, or something else that is no record
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < _state.SIZE:
+            return None  # not sized yet by its creator
         with mmap.mmap(fd, _state.SIZE, prot=mmap.PROT_READ) as mm:
-            return bytes(mm)
+            return st, bytes(mm)
+    except OSError:
+        return None
     finally:
         os.close(fd)
 
 
+def _lock_at(entry: str, users: dict[str, list[int]]) -> HostLock | None:
+    found = _read_record(entry)
+    if found is None:
+        return None
+    st, raw = found
+    base = _names.base_of_record(entry)
+    opened = tuple(users.get(entry, ()))
+    layout = None if raw is None else _LAYOUT.unpack_from(raw, 0)[0]
+    if raw is not None and layout in (0, _state.VERSION):
+        try:
+            return _describe(base, raw, opened, st)
+        except (OSError, ValueError, OverflowError):
+            pass  # not what this release writes, whatever its version word says
+    return HostLock(
+        "",
+        base,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        opened,
+        False,
+        st.st_uid,
+        stat.S_IMODE(st.st_mode),
+        readable=False,
+        layout=layout,
+    )
+
+
 def scan() -> list[HostLock]:
-    """Every aplock lock on this host that this user can read."""
+    """Every aplock lock on this host; those this user cannot read are marked so."""
     users = _users()
     found = []
     for entry in _posix.record_entries():
-        if not _names.is_record_name(entry):
-            continue
-        raw = _read_record(entry)
-        if raw is None:
-            continue
-        base = _names.base_of_record(entry)
-        found.append(_describe(base, raw, tuple(users.get(entry, ()))))
+        if _names.is_record_name(entry):
+            lock = _lock_at(entry, users)
+            if lock is not None:
+                found.append(lock)
     return found
 
 
-def _describe(base: str, raw: bytes, users: tuple[int, ...]) -> HostLock:
+def _describe(base: str, raw: bytes, users: tuple[int, ...], st: os.stat_result) -> HostLock:
     snap = _state.read(raw)
     names = _names.PosixNames(base)
     values = _posix.peek_values(names.semaphore, names.token)
@@ -122,8 +233,12 @@ def _describe(base: str, raw: bytes, users: tuple[int, ...]) -> HostLock:
     if pid is not None and pid > 0:
         alive = not is_proven_dead(snap.holder)
     held_for = max(time.time() - snap.acquired_at, 0.0) if locked and snap.pid else None
+    try:
+        name = _state.read_name(raw)
+    except ValueError:  # not written by aplock: undecodable
+        name = ""
     return HostLock(
-        _state.read_name(raw),
+        name,
         base,
         locked,
         pid,
@@ -133,16 +248,18 @@ def _describe(base: str, raw: bytes, users: tuple[int, ...]) -> HostLock:
         snap.recoveries,
         users,
         stuck,
+        st.st_uid,
+        stat.S_IMODE(st.st_mode),
     )
 
 
 def find(name: str) -> HostLock | None:
     """The lock named *name*, or ``None`` if it does not exist on this host."""
     base = _names.posix_names(name, short=_posix.SHORT_NAMES).base
-    for lock in scan():
-        if lock.base == base:
-            return lock
-    return None
+    lock = _lock_at(base + _names.RECORD_SUFFIX, _users())
+    if lock is None:
+        return None
+    return lock if lock.name == name else dataclasses.replace(lock, name=name)
 
 
 def repair(name: str, observe: float) -> bool:
@@ -154,6 +271,48 @@ def repair(name: str, observe: float) -> bool:
         lock.close()
 
 
-def remove(lock: HostLock) -> None:
-    """Remove the lock's OS objects."""
-    _posix.unlink(lock.name or lock.base, _names.PosixNames(lock.base))
+def marker_files(lock: HostLock) -> list[str]:
+    """The paths of *lock*'s run-once markers in ``FileMarker``'s default directory.
+
+    A ``FileMarker`` names each file ``<base of the lock>.once.<key>``; markers kept in
+    a directory of the user's choice (``FileMarker(directory)``) are not found.
+    """
+    directory = FileMarker().directory
+    prefix = f"{lock.base}{_MARKER_INFIX}"
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(os.path.join(directory, e) for e in entries if e.startswith(prefix))
+
+
+def remove(lock: HostLock) -> list[str]:
+    """Remove the lock's OS objects, then its run-once markers; return the markers removed.
+
+    Raises:
+        LockPermissionError, LockUnavailableError: an object or a marker could not be
+            removed (it belongs to another user, say).
+    """
+    name = lock.name or lock.base
+    _posix.unlink(name, _names.PosixNames(lock.base))
+    removed = []
+    for path in marker_files(lock):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except PermissionError as exc:
+            raise LockPermissionError(
+                name,
+                f"removed the lock but not its run-once marker {path}: it belongs to another "
+                "user; remove it as that user or as root",
+                exc.errno,
+            ) from None
+        except OSError as exc:
+            raise LockUnavailableError(
+                name,
+                f"removed the lock but not its run-once marker {path}: {exc.strerror or exc}",
+                exc.errno,
+            ) from None
+        removed.append(path)
+    return removed
