@@ -483,3 +483,15 @@ def test_the_longest_name_is_reported_whole_and_found_again(lock_name: str) -> N
         aplock.unlink(name)
     with pytest.raises(ValueError, match="at most 1024 characters"):
         aplock.Lock(name + "x")
+
+
+def test_a_record_of_the_first_layout_is_refused_with_what_to_do(lock_name: str) -> None:
+    names = _names.posix_names(lock_name)
+    path = f"/dev/shm/{names.record[1:]}"
+    with open(path, "wb") as f:  # what the first layout left: version 0, name length at 72
+        f.write(bytes(72) + (9).to_bytes(8, "little") + bytes(4096 - 80))
+    try:
+        with pytest.raises(aplock.LockError, match=r"layout version 1.*aplock clean"):
+            aplock.Lock(lock_name)
+    finally:
+        os.unlink(path)

@@ -159,7 +159,7 @@ class Handle:
                     f"its OS objects belong to uid {owner}, not to this user; use another "
                     "name, or pass the mode the owner shared it with (e.g. mode=0o666)",
                 )
-            version = _state.GENERATION.unpack_from(self.mm, 0)[0]
+            version = _state.layout(self.mm)
             if version not in (0, _state.VERSION):
                 raise LockError(
                     name,
@@ -208,6 +208,12 @@ class Handle:
         handler could interrupt.
         """
         sem = self.sem
+        # Everything the record write needs is at hand before L is taken: a process
+        # killed between taking L and writing R leaves the lock taken by nobody.
+        words = self.words
+        mm = self.mm
+        me_words = self.me_words
+        now = _now()
         try:
             sem.acquire(0)
         except _BusyError:
@@ -215,13 +221,11 @@ class Handle:
         except BaseException:
             sem.release()  # taken just before the exception
             raise
-        words = self.words
         before = words[_GEN_WORD]
         try:
             # publish(), written out: this is the uncontended path.
-            now = _now()
             try:
-                _FAST_HOLD.pack_into(self.mm, _HOLD_AT, before + 1, now, self.me_words)
+                _FAST_HOLD.pack_into(mm, _HOLD_AT, before + 1, now, me_words)
             finally:
                 self.token.release()
         except BaseException:

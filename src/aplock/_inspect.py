@@ -19,7 +19,6 @@ import dataclasses
 import mmap
 import os
 import stat
-import struct
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -146,10 +145,6 @@ def _users() -> dict[str, list[int]]:
     return {k: sorted(set(v)) for k, v in found.items()}
 
 
-#: The record's first word: its layout version (0 in a record nobody has written yet).
-_LAYOUT = struct.Struct("@Q")
-
-
 def _read_record(entry: str) -> tuple[os.stat_result, bytes | None] | None:
     """``(stat, bytes)`` of a state record, bytes ``None`` if this user may not read it.
 
@@ -186,7 +181,7 @@ def _lock_at(entry: str, users: dict[str, list[int]]) -> HostLock | None:
     st, raw = found
     base = _names.base_of_record(entry)
     opened = tuple(users.get(entry, ()))
-    layout = None if raw is None else _LAYOUT.unpack_from(raw, 0)[0]
+    layout = None if raw is None else _state.layout(raw)
     if raw is not None and layout in (0, _state.VERSION):
         try:
             return _describe(base, raw, opened, st)

@@ -105,6 +105,23 @@ def read(buf: ReadableBuffer) -> Snapshot:
     )
 
 
+#: Where the first layout (version word 0) kept the name's length, always set once opened.
+_FIRST_LAYOUT_NAME_LEN = 72
+
+
+def layout(buf: ReadableBuffer) -> int:
+    """The layout version of a record: ``VERSION``, 0 (never written yet) or an older one.
+
+    The first layout left its version word at 0 but always stored the name's length at
+    offset 72, where this layout keeps ``recovered_gen``, which is 0 until the version
+    word has been written.
+    """
+    (version,) = GENERATION.unpack_from(buf, 0)
+    if version == 0 and GENERATION.unpack_from(buf, _FIRST_LAYOUT_NAME_LEN)[0] != 0:
+        return 1
+    return int(version)
+
+
 def pack_identity(who: Identity) -> bytes:
     """*who* as the holder's words of the record (see ``FAST_HOLD``)."""
     return IDENTITY.pack(who.start, who.ns, who.key, who.pid)
