@@ -8,7 +8,7 @@ import aplock
 
 
 def test_all_lists_exactly_the_public_names() -> None:
-    public = {n for n in vars(aplock) if not n.startswith("_")} - {
+    public = {n for n in dir(aplock) if not n.startswith("_")} - {
         "aio",
         "errors",
         "sync",

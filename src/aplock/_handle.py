@@ -114,6 +114,11 @@ class Intent:
         return word & 0x0F, word & 0xF0, word >> 8
 
 
+# The intent words, for steps that must not make a call (see ``_free_if_current``).
+_RELEASE, _GIVE_BACK, _HAND_OFF = Intent.RELEASE, Intent.GIVE_BACK, Intent.HAND_OFF
+_TAKING, _TOOK = Intent.TAKING, Intent.TOOK
+
+
 @dataclass(frozen=True, slots=True)
 class Takeover:
     """The result of recovering a dead holder's lock."""
@@ -247,6 +252,9 @@ class Handle:
         if not _posix.HAS_TIMEDWAIT:
             return self._poll(seconds)
         sem = self.sem
+        words = self.words
+        mm = self.mm
+        me_words = self.me_words
         old = _posix.defer_signals()
         generation: int | None = None
         try:
@@ -257,24 +265,28 @@ class Handle:
             except BaseException:
                 sem.release()
                 raise
-            words = self.words
             before = words[_GEN_WORD]
             try:
+                # publish(), written out: the record is written as soon as L is ours.
+                try:
+                    _FAST_HOLD.pack_into(mm, _HOLD_AT, before + 1, _now(), me_words)
+                finally:
+                    self.token.release()
+                generation = before + 1
                 # A handler that runs once signals are unblocked may raise: if one is
                 # pending, give the lock back rather than hand it to a caller that is
                 # about to be interrupted.
-                pending = old is not None and _posix.handled_signal_pending(old)
-                if not pending:
-                    generation = self.publish()
+                if old is not None and _posix.handled_signal_pending(old):
+                    generation = None
+                    words[_OWED_WORD] = before + 1
+                    self.give_back(before)
             except BaseException:
                 if words[_GEN_WORD] == before:
                     sem.release()
-                else:
+                elif generation is not None:
                     words[_OWED_WORD] = before + 1
                     self.give_back(before)
                 raise
-            if pending:
-                sem.release()
         finally:
             if old is not None:
                 try:
@@ -346,36 +358,31 @@ class Handle:
                 if owed != 0 and owed == words[_GEN_WORD]:
                     self._free_if_current(owed)
 
-    def _begin(self, kind: int) -> None:
-        """Under the guard: record that a section of *kind* is about to trywait ``H``."""
-        words = self.words
-        words[_INTENT_PID_WORD] = self.me
-        words[_INTENT_WORD] = Intent.encode(kind, Intent.TAKING, words[_GEN_WORD])
-
-    def _took(self, kind: int) -> None:
-        """Under the guard: record that ``H`` is ours, for the current acquisition."""
-        words = self.words
-        words[_INTENT_WORD] = Intent.encode(kind, Intent.TOOK, words[_GEN_WORD])
-
     def _free_if_current(self, generation: int) -> None:
-        """Under the guard: free acquisition *generation* if it still holds the lock."""
+        """Under the guard: free acquisition *generation* if it still holds the lock.
+
+        Written like ``release``: a Python signal handler's exception may surface after
+        any call even here (a signal delivered to another thread runs its handler on
+        the main thread at the next check), so what a taken token obliges is done in a
+        ``finally`` with no call before its one semaphore post.
+        """
         words = self.words
-        kind = Intent.GIVE_BACK
         words[_INTENT_PID_WORD] = self.me
-        words[_INTENT_WORD] = Intent.encode(kind, Intent.TAKING, generation)
+        words[_INTENT_WORD] = _GIVE_BACK | _TAKING | generation << 8
+        took = True
         try:
             self.token.acquire(0)
         except _BusyError:
-            # A releaser has it (and posts L), or a later holder is publishing.
+            took = False  # a releaser has it (and posts L), or a later holder is publishing
+        finally:
+            if took:
+                words[_INTENT_WORD] = _GIVE_BACK | _TOOK | generation << 8
+                if words[_GEN_WORD] == generation:
+                    words[_PID_WORD] = 0
+                    self.sem.release()
+                else:
+                    self.token.release()  # a later acquisition's token: put it back
             words[_INTENT_WORD] = 0
-            return
-        words[_INTENT_WORD] = Intent.encode(kind, Intent.TOOK, generation)
-        if words[_GEN_WORD] == generation:
-            words[_PID_WORD] = 0
-            self.sem.release()
-        else:
-            self.token.release()  # a later acquisition's token: put it back
-        words[_INTENT_WORD] = 0
 
     def _remember_identity(self) -> None:
         me = identity()
@@ -409,22 +416,26 @@ class Handle:
     def _free(self) -> bool:
         """Under the guard: free the current acquisition; ``False`` if there is none.
 
-        Exactly one of any number of racing releasers takes the token. Signals are
-        deferred under the guard, so once taken the release completes; if this process
-        dies inside, the next holder of the guard completes it (``_settle_intent``).
+        Exactly one of any number of racing releasers takes the token. Once taken, the
+        release completes even if a signal handler's exception arrives right then (as in
+        ``_free_if_current``); if this process dies inside, the next holder of the guard
+        completes it (``_settle_intent``).
         """
-        self._begin(Intent.RELEASE)
         words = self.words
+        words[_INTENT_PID_WORD] = self.me
+        words[_INTENT_WORD] = _RELEASE | _TAKING | words[_GEN_WORD] << 8
+        took = True
         try:
             self.token.acquire(0)
         except _BusyError:
+            took = False
+        finally:
+            if took:
+                words[_INTENT_WORD] = _RELEASE | _TOOK | words[_GEN_WORD] << 8
+                words[_PID_WORD] = 0
+                self.sem.release()
             words[_INTENT_WORD] = 0
-            return False
-        self._took(Intent.RELEASE)
-        words[_PID_WORD] = 0
-        self.sem.release()
-        words[_INTENT_WORD] = 0
-        return True
+        return took
 
     def _token_posted(self) -> bool:
         """Under the guard: whether ``H`` is posted (an acquisition is complete)."""
@@ -530,13 +541,23 @@ class Handle:
 
     def _repair_half_done(self, seen: _state.Snapshot) -> Takeover | None:
         """``R`` names a dead process but ``H`` is 0: it died mid-acquire or mid-release."""
+        words = self.words
+        now = _now()
+        took = True
         try:
             self.sem.acquire(0)
         except _BusyError:
-            pass
-        else:  # the release had finished after all: a plain acquisition
-            generation = self.publish()
-            return Takeover(generation, 0, seen.generation)
+            took = False
+        finally:
+            if took:  # the release had finished after all: a plain acquisition
+                try:
+                    _FAST_HOLD.pack_into(
+                        self.mm, _HOLD_AT, words[_GEN_WORD] + 1, now, self.me_words
+                    )
+                finally:
+                    self.token.release()
+        if took:
+            return Takeover(words[_GEN_WORD], 0, seen.generation)
         now = time.monotonic()
         held = (seen.generation, seen.holder)
         if self._suspect != held:
@@ -604,21 +625,29 @@ class Handle:
         """Record *to* (or nobody: detached) as the holder of the current acquisition."""
         who = to or Identity(_state.DETACHED, 0, 0)
         words = self.words
+        took = False
         with self.guard.held():
             if self._settle_intent():
-                self._begin(Intent.HAND_OFF)
+                words[_INTENT_PID_WORD] = self.me
+                words[_INTENT_WORD] = _HAND_OFF | _TAKING | words[_GEN_WORD] << 8
+                took = True
                 try:
                     self.token.acquire(0)
                 except _BusyError:
+                    took = False
+                finally:
+                    if took:
+                        words[_INTENT_WORD] = _HAND_OFF | _TOOK | words[_GEN_WORD] << 8
+                        try:
+                            snap = self.snapshot()
+                            _state.write_hold(self.mm, snap.generation, who, snap.acquired_at)
+                        finally:
+                            self.token.release()
                     words[_INTENT_WORD] = 0
-                else:
-                    self._took(Intent.HAND_OFF)
-                    snap = self.snapshot()
-                    _state.write_hold(self.mm, snap.generation, who, snap.acquired_at)
-                    self.token.release()
-                    words[_INTENT_WORD] = 0
-                    return
-        raise LockNotHeldError(self.name, "hand_off() needs the lock to be held; acquire it first")
+        if not took:
+            raise LockNotHeldError(
+                self.name, "hand_off() needs the lock to be held; acquire it first"
+            )
 
     def reset_after_fork(self) -> None:
         """Forget this process's in-memory state in a forked child.
