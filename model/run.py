@@ -6,7 +6,8 @@
     model/run.sh --stress           the quick and the stress checks
     model/run.sh -D MUT_FAST_PID_ONLY excl   a check with a seeded bug (mutations.pml)
     model/run.sh --trail excl_reuse the counterexample, step by step
-    model/run.sh --refs             are the model's code references still in the code?
+    model/run.sh --refs             are the model's code references still in src/aplock?
+    model/run.sh --refs --at mirrored   ... in the commit the model mirrors (MIRRORS)
     model/run.sh --list             the checks
 
 Each check generates the verifier (spin -a), compiles it with the C compiler ($CC, cc
@@ -298,6 +299,31 @@ def _squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
+def mirrored_commit() -> str:
+    """The commit whose code the model mirrors (model/MIRRORS)."""
+    return (MODEL / "MIRRORS").read_text().split()[0]
+
+
+def sources_at(rev: str, into: Path) -> Path:
+    """Write src/aplock of commit *rev* under *into*; the directory of its files."""
+    listing = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{rev}:src/aplock"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for name in listing.stdout.split():
+        if name.endswith(".py"):
+            shown = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{rev}:src/aplock/{name}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            (into / name).write_text(shown.stdout)
+    return into
+
+
 def stale_refs(sources: Path = SOURCES) -> list[str]:
     """The model's code references whose code is no longer in the named function."""
     problems: list[str] = []
@@ -356,6 +382,25 @@ def run_mutants(by_name: dict[str, Check], jobs: int, as_json: bool) -> int:
     return 0 if all_caught else 1
 
 
+def run_refs(at: str | None) -> int:
+    """Print the stale code references (against src/aplock, or commit *at*)."""
+    if at:
+        rev = mirrored_commit() if at == "mirrored" else at
+        with tempfile.TemporaryDirectory(prefix="aplock-model-src-") as scratch:
+            try:
+                problems = stale_refs(sources_at(rev, Path(scratch)))
+            except subprocess.CalledProcessError as exc:
+                print(f"cannot read commit {rev}: {exc.stderr.strip()}", file=sys.stderr)
+                return 2
+        where = f"commit {rev[:12]}"
+    else:
+        problems, where = stale_refs(), "src/aplock"
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} stale code references (against {where})")
+    return 1 if problems else 0
+
+
 # -- the command -----------------------------------------------------------------------
 
 
@@ -368,7 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trail", action="store_true", help="print counterexamples")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--list", action="store_true", help="list the checks")
-    parser.add_argument("--refs", action="store_true", help="check the code references")
+    parser.add_argument(
+        "--refs", action="store_true", help="check the code references against src/aplock"
+    )
+    parser.add_argument(
+        "--at",
+        metavar="REV",
+        help="with --refs: against this commit ('mirrored': the one in model/MIRRORS)",
+    )
     parser.add_argument(
         "--mutants", action="store_true", help="run each seeded bug against its check"
     )
@@ -380,11 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c.name:<16} {c.prop:<6} {c.tier:<6} today={c.today:<5} {c.what}")
         return 0
     if args.refs:
-        problems = stale_refs()
-        for problem in problems:
-            print(problem)
-        print(f"{len(problems)} stale code references")
-        return 1 if problems else 0
+        return run_refs(args.at)
     found = tools()
     if isinstance(found, str):
         print(found, file=sys.stderr)
