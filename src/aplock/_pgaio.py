@@ -641,13 +641,18 @@ class AsyncPgLock:
             ``True`` if acquired, ``False`` if the time ran out.
 
         Raises:
+            TypeError: *block* is not a bool or int, or *timeout* is not a number
+                (checked on every call, before yielding, whether the lock is free or not).
+            ValueError: *timeout* is NaN.
+            OverflowError: *timeout* is an int too large for a float.
             LockUnavailableError: the server could not be reached or refused.
             LockClosedError: the object was closed.
         """
+        wait = normalize_timeout(block, timeout, "aplock.postgres.AsyncPgLock", self._name)
         await anyio.lowlevel.checkpoint()
         if self._closed:
             raise LockClosedError(self._name, "this AsyncPgLock was closed; create a new one")
-        deadline = Deadline.after(normalize_timeout(block, timeout))
+        deadline = Deadline.after(wait)
         binding = self._bind()
         gate = binding.gate
         try:

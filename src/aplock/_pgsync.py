@@ -489,10 +489,15 @@ class PgLock:
             ``True`` if the lock was acquired, ``False`` if the time ran out.
 
         Raises:
+            TypeError: *block* is not a bool or int, or *timeout* is not a number
+                (checked on every call, whether the lock is free or not).
+            ValueError: *timeout* is NaN.
+            OverflowError: *timeout* is an int too large for a float.
             LockUnavailableError: the server could not be reached or refused.
             LockClosedError: the object was closed.
         """
-        return self._acquire(Deadline.after(normalize_timeout(block, timeout)), None)
+        wait = normalize_timeout(block, timeout, "aplock.postgres.PgLock", self._name)
+        return self._acquire(Deadline.after(wait), None)
 
     def acquire_cancellable(self, deadline: Deadline, cancel: Cancel) -> bool:
         """``acquire`` that *cancel* can stop from another thread, leaving nothing held."""

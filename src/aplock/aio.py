@@ -207,13 +207,22 @@ class AsyncLock:
 
         Returns:
             ``True`` if acquired, ``False`` if the time ran out.
+
+        Raises:
+            TypeError: *block* is not a bool or int, or *timeout* is not a number
+                (checked on every call, before yielding, whether the lock is free or not).
+            ValueError: *timeout* is NaN.
+            OverflowError: *timeout* is an int too large for a float.
         """
-        await anyio.lowlevel.checkpoint()
         lock = self._lock
+        if block is True and timeout is None:  # the default call: nothing to check
+            wait = None
+        else:
+            wait = normalize_timeout(block, timeout, "aplock.AsyncLock", lock.name)
+        await anyio.lowlevel.checkpoint()
         gate = _gate(lock)
         if not gate.waiting and lock.acquire(False):
             return True
-        wait = normalize_timeout(block, timeout)
         if wait == 0.0:
             return False
         return await self._wait(gate, Deadline.after(wait))

@@ -134,18 +134,36 @@ class Lock:
 
         Returns:
             ``True`` if the lock was acquired, ``False`` if the time ran out.
+
+        Raises:
+            TypeError: *block* is not a bool or int, or *timeout* is not a number
+                (checked on every call, whether the lock is free or not).
+            ValueError: *timeout* is NaN.
+            OverflowError: *timeout* is an int too large for a float.
         """
         h = self._h
-        if not block and (not h.sem.value if _HAS_VALUE else h.words[_PID_WORD]):
-            return False  # held: answer without the cost of a failed sem_trywait
+        if block is not True or timeout is not None:  # not the default call
+            # Check the arguments (normalize_timeout), unless they are the usual valid
+            # ones: block=False, or a positive float or int timeout (NaN is not > 0.0).
+            if not (
+                (block is False and timeout is None)
+                or (
+                    block is True
+                    and (
+                        (type(timeout) is float and timeout > 0.0)
+                        or (type(timeout) is int and 0 < timeout < 2**53)  # exact as floats
+                    )
+                )
+            ):
+                timeout = normalize_timeout(block, timeout, "aplock.Lock", self._name)
+                block = timeout != 0.0  # zero or less: one try, as block=False
+            if not block and (not h.sem.value if _HAS_VALUE else h.words[_PID_WORD]):
+                return False  # held: answer without the cost of a failed sem_trywait
         if h.try_take() is not None:
             return True
         if not block:
             return False
-        wait = normalize_timeout(block, timeout)
-        if wait == 0.0:
-            return False
-        return self._wait(Deadline.after(wait), None)
+        return self._wait(Deadline.after(timeout), None)
 
     def _wait(self, deadline: Deadline, cancelled: Callable[[], bool] | None) -> bool:
         """The blocking part of acquire, warning if it took over a dead holder's lock."""
