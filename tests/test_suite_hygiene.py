@@ -118,8 +118,8 @@ def test_objects_left_by_this_run_fail_it_and_say_why(
 def test_the_docs_build_gets_a_signature_formatter() -> None:
     # mkdocstrings formats the separate signatures with Black or Ruff; without either it
     # says so on every build and leaves them unformatted.
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    lists = project["optional-dependencies"]
-    (docs,) = [deps for deps in lists.values() if any(d.startswith("mkdocstrings") for d in deps)]
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
+    plain = {name: [d for d in deps if isinstance(d, str)] for name, deps in groups.items()}
+    (docs,) = [d for d in plain.values() if any(x.startswith("mkdocstrings") for x in d)]
     names = {re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower() for d in docs}
     assert names & {"ruff", "black"}, docs
