@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import time
@@ -51,6 +52,39 @@ def test_sigkilled_holder_is_recovered_with_a_warning(lock_name: str) -> None:
         acq = lock.acquisition
         assert acq is not None
         assert acq.abandoned_pid is None
+
+
+@pytest.mark.parametrize("how", ["acquire", "with", "async with"])
+def test_the_take_over_warning_points_at_the_callers_line(lock_name: str, how: str) -> None:
+    import anyio
+
+    lock = aplock.Lock(lock_name, recovery_interval=0.05)
+    acquired = SPAWN.Event()
+    with running(workers.hold_until_killed, lock_name, acquired) as (proc,):
+        assert acquired.wait(60)
+        kill(proc)
+        proc.join(30)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if how == "acquire":
+                line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+                assert lock.acquire(timeout=30)
+                lock.release()
+            elif how == "with":
+                line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+                with lock:
+                    pass
+            else:
+
+                async def main() -> int:
+                    line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+                    async with aplock.AsyncLock(lock):
+                        pass
+                    return line
+
+                line = anyio.run(main)
+    (warning,) = [w for w in caught if issubclass(w.category, aplock.AbandonedLockWarning)]
+    assert (warning.filename, warning.lineno) == (__file__, line)
 
 
 def test_a_zombie_holder_is_dead(lock_name: str) -> None:

@@ -267,7 +267,7 @@ class AsyncLock:
             await _server_idle(gate)
             return False
         if waiter.takeover is not None:
-            self._lock._warn_abandoned(waiter.takeover, stacklevel=3)
+            self._lock._warn_abandoned(waiter.takeover)
         return True
 
     def release(self) -> None:

@@ -614,7 +614,7 @@ def _acquire(lock: SupportsLock, timeout: float | None) -> bool:
     acquired, takeover = lock._wait_quietly(Deadline.after(wait), None)
     if takeover is not None:
         # _acquire -> run/reset -> their caller.
-        lock._warn_abandoned(takeover, stacklevel=3)
+        lock._warn_abandoned(takeover)
     return acquired
 
 

@@ -5,6 +5,8 @@ Knows nothing of async; ``aplock.aio.AsyncLock`` composes it.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ __all__ = ["Acquisition", "Lock", "LockInfo", "unlink"]
 
 _HAS_VALUE = _posix.HAS_VALUE
 _PID_WORD = _state.PID_WORD
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 #: Default seconds between checks, while waiting, of whether the holder has died.
 RECOVERY_INTERVAL = 0.25
@@ -169,7 +173,7 @@ class Lock:
         """The blocking part of acquire, warning if it took over a dead holder's lock."""
         got, takeover = self._wait_quietly(deadline, cancelled)
         if takeover is not None:
-            self._warn_abandoned(takeover, stacklevel=3)
+            self._warn_abandoned(takeover)
         return got
 
     def _wait_quietly(
@@ -198,12 +202,21 @@ class Lock:
             if deadline.expired(now=now):
                 return False, None
 
-    def _warn_abandoned(self, takeover: _handle.Takeover, stacklevel: int) -> None:
-        """Issue the ``AbandonedLockWarning`` of a takeover; release if it raises."""
+    def _warn_abandoned(self, takeover: _handle.Takeover) -> None:
+        """Issue the ``AbandonedLockWarning`` of a takeover; release if it raises.
+
+        The warning points at the first line outside aplock: the user's ``acquire()``,
+        ``with lock:``, ``async with`` or ``Once(...).run()``.
+        """
+        stacklevel = 1
+        frame = sys._getframe(0)
+        while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            frame = frame.f_back  # type: ignore[assignment]
+            stacklevel += 1
         try:
             warnings.warn(
                 AbandonedLockWarning(self._name, takeover.dead_pid, takeover.dead_generation),
-                stacklevel=stacklevel + 1,
+                stacklevel=stacklevel,
             )
         except BaseException:
             self.release()  # warnings turned into errors: the caller does not hold it
