@@ -4,8 +4,9 @@
     model/run.sh                    the quick checks (checks.tsv), two at a time
     model/run.sh excl live          some checks, by name
     model/run.sh --stress           the quick and the stress checks
-    model/run.sh -D MUT_FAST_PID_ONLY excl   a check with a seeded bug (mutations.pml)
+    model/run.sh -D MUT_FAST_PID_ONLY excl_reuse   a check with a seeded bug (mutations.pml)
     model/run.sh --trail excl_reuse the counterexample, step by step
+    model/run.sh --mutants [--mutant MUT_X]   seeded bugs against their checks
     model/run.sh --refs             are the model's code references still in src/aplock?
     model/run.sh --refs --at mirrored   ... in the commit the model mirrors (MIRRORS)
     model/run.sh --list             the checks
@@ -364,13 +365,14 @@ def run_mutant(check: Check, define: str) -> Result:
     return result
 
 
-def run_mutants(by_name: dict[str, Check], jobs: int, as_json: bool) -> int:
-    """Run every seeded bug against its check; 0 if each one is caught."""
+def run_mutants(
+    by_name: dict[str, Check], jobs: int, as_json: bool, only: tuple[str, ...] = ()
+) -> int:
+    """Run every seeded bug (or those in *only*) against its check; 0 if each is caught."""
     all_caught = True
+    chosen = [(d, c) for d, c, _ in load_mutants() if not only or d in only]
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = [
-            pool.submit(run_mutant, by_name[check], define) for define, check, _ in load_mutants()
-        ]
+        futures = [pool.submit(run_mutant, by_name[check], define) for define, check in chosen]
         for future in futures:
             result = future.result()
             all_caught &= result.ok
@@ -424,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mutants", action="store_true", help="run each seeded bug against its check"
     )
+    parser.add_argument(
+        "--mutant", action="append", default=[], help="with --mutants: only this one"
+    )
     args = parser.parse_args(argv)
 
     checks = load_checks()
@@ -443,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown checks: {', '.join(unknown)} (see --list)", file=sys.stderr)
         return 2
     if args.mutants:
-        return run_mutants(by_name, args.jobs, args.json)
+        return run_mutants(by_name, args.jobs, args.json, tuple(args.mutant))
     chosen = (
         [by_name[n] for n in args.names]
         if args.names

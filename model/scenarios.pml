@@ -28,12 +28,15 @@ byte strays[NP];
 byte cycles[NP];
 byte mode[NP];
 byte handto[NP];
+byte after[NP];             /* a slot that must be gone before this one runs its script */
 
 /* Slot i: pid p, start s, pid namespace n; its script. */
 inline proc(i, p, s, n, nstray, ncycle, how, killable) {
 	pidn[i] = p; start[i] = s; ns[i] = n; procns[i] = n; id_start[i] = s; id_ns[i] = n;
+	key[i] = i + 1;
 	reuses[i] = NONE; alive[i] = true; mortal[i] = killable;
-	strays[i] = nstray; cycles[i] = ncycle; mode[i] = how; handto[i] = NONE
+	strays[i] = nstray; cycles[i] = ncycle; mode[i] = how; handto[i] = NONE;
+	after[i] = NONE
 }
 
 proctype Proc(byte me) {
@@ -43,6 +46,8 @@ proctype Proc(byte me) {
 end_unborn:
 	(reuses[me] == NONE || (up[reuses[me]] && !alive[reuses[me]]));
 	atomic { up[me] = true; alive[me] = true };
+end_after:
+	(after[me] == NONE || !alive[after[me]]);
 
 	n = 0;
 	do
@@ -128,7 +133,7 @@ inline setup() {
 	proc(1, 2, 1, 1, 0, 1, WAIT, false);
 	proc(2, 3, 1, 1, 1, 0, TRY, false);
 #elif defined(SC_HANDOFF)
-	/* X hands its acquisition to Y (pid 3), or detaches it, and exits; Y releases. */
+	/* X hands its acquisition to Y (pid 3), or detaches it, and exits; Y then releases. */
 	proc(0, 1, 1, 1, 0, 1, ANY, true);
 	proc(1, 2, 1, 1, 0, 1, WAIT, true);
 	proc(2, 3, 1, 1, 1, 0, TRY, true);
@@ -139,6 +144,7 @@ inline setup() {
 	handto[0] = DETACHED;
 #else
 	handto[0] = 2;
+	after[2] = 0;        /* Y releases what it is handed: once X has exited (or died) */
 #endif
 #elif defined(SC_OTHER_NS)
 	/* N holds from pid namespace 2 (pid 1 there, no pid 1 here); the waiters of
@@ -147,12 +153,13 @@ inline setup() {
 	proc(1, 2, 1, 1, 0, 1, WAIT, false);
 	proc(2, 3, 1, 1, 0, 1, WAIT, false);
 #elif defined(SC_FOREIGN)
-	/* Defect 3: F lives in namespace 2 (pid 3 there) but reads namespace 1's /proc:
-	 * it records namespace 1 and no start time, and no pid 3 exists in namespace 1. */
-	proc(0, 3, 1, 2, 0, 1, ANY, false);
-	procns[0] = 1; id_ns[0] = 1; id_start[0] = 0;
-	proc(1, 2, 1, 1, 0, 1, WAIT, false);
-	proc(2, 1, 1, 1, 0, 1, WAIT, false);
+	/* Defect 3: F (pid 2 in namespace 2) reads namespace 1's /proc, where pid 1 is W,
+	 * started at another time; X, pid 1 of namespace 2, holds. Its own identity comes
+	 * from /proc/self (right whosever /proc it is), so it records itself correctly. */
+	proc(0, 1, 1, 2, 0, 1, ANY, false);
+	proc(1, 2, 1, 2, 0, 1, WAIT, false);
+	procns[1] = 1;
+	proc(2, 1, 2, 1, 0, 1, WAIT, false);
 #else
 #error "choose a scenario: -DSC_REUSE, -DSC_NS, -DSC_RELEASE, -DSC_TAKEOVER, ..."
 #endif
