@@ -8,13 +8,16 @@ import pickle
 import pytest
 
 import aplock
+from aplock import startup
 from aplock.errors import (
     AbandonedLockWarning,
     LockClosedError,
     LockError,
+    LockLostError,
     LockNotHeldError,
     LockPermissionError,
     LockUnavailableError,
+    OnceTimeoutError,
 )
 
 ERRORS: list[tuple[LockError, type[BaseException]]] = [
@@ -22,6 +25,8 @@ ERRORS: list[tuple[LockError, type[BaseException]]] = [
     (LockClosedError("jobs", "this object was closed"), RuntimeError),
     (LockPermissionError("jobs", "permission denied", errno.EACCES), PermissionError),
     (LockUnavailableError("jobs", "/dev/shm is full", errno.ENOSPC), OSError),
+    (LockLostError("jobs", "the session ended"), LockError),
+    (OnceTimeoutError("jobs", "v1", 2.5), TimeoutError),
 ]
 
 
@@ -77,14 +82,35 @@ def test_use_after_close_message(lock_name: str) -> None:
     assert "closed" in repr(lock)
 
 
+def test_lock_lost_messages_say_what_happened_and_what_to_do() -> None:
+    pytest.importorskip("psycopg")
+    from aplock._pg import translate
+
+    changed = translate.lost("jobs", translate.SESSION_CHANGED)
+    broke = translate.lost_connection("jobs", OSError("server closed the connection"))
+    for error in (changed, broke, translate.lost("jobs", translate.NOT_IN_SESSION)):
+        assert isinstance(error, LockLostError)
+        assert str(error).startswith("lock 'jobs': ")
+        assert "another process may have taken it" in str(error)
+        assert "acquire it again" in str(error)
+        assert str(pickle.loads(pickle.dumps(error))) == str(error)
+    assert "PgBouncer in transaction mode" in str(changed)
+    assert "server closed the connection" in str(broke)
+
+
+def test_once_timeout_message_and_attributes() -> None:
+    error = OnceTimeoutError("jobs", "v1", 2.5)
+    assert (error.name, error.key, error.timeout) == ("jobs", "v1", 2.5)
+    assert "gave up after 2.5 s" in str(error)
+    assert "'v1'" in str(error)
+    assert "python -m aplock show 'jobs'" in str(error)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.key, copy.timeout) == ("v1", 2.5)
+
+
 def test_every_public_error_is_exported() -> None:
-    for name in (
-        "LockError",
-        "LockNotHeldError",
-        "LockClosedError",
-        "LockPermissionError",
-        "LockUnavailableError",
-        "LockWarning",
-        "AbandonedLockWarning",
-    ):
-        assert getattr(aplock, name) is getattr(aplock.errors, name)
+    for name in aplock.errors.__all__:
+        assert getattr(aplock, name) is getattr(aplock.errors, name), name
+    assert startup.OnceTimeoutError is OnceTimeoutError
+    postgres = pytest.importorskip("aplock.postgres")
+    assert postgres.LockLostError is LockLostError

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import pickle
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 import aplock
-from aplock import _pgsql
+from aplock._deadline import Deadline
+from aplock._pg import sql as pgsql
+from aplock._pg.protocol import AdvisoryLock, Held
+from aplock._pg.sources import Source
+from aplock._pg.steps import Cancel, Execute, Step, Wait
 from aplock.postgres import KEY_SQL, LockLostError, PgLock, PgMarker, advisory_key
 from aplock.startup import Once
 
@@ -87,10 +94,108 @@ def test_server_computes_the_same_key(dsn: str, name: str) -> None:
     [(None, 0), (0.0, 1), (0.0001, 1), (0.25, 250), (1.0001, 1001), (1e12, 2**31 - 1)],
 )
 def test_lock_timeout_never_ends_a_wait_early(remaining: float | None, ms: int) -> None:
-    assert _pgsql.lock_timeout_ms(remaining) == ms
+    assert pgsql.lock_timeout_ms(remaining) == ms
+
+
+# ---- the protocol, without a server: it only yields steps ------------------------
+
+
+class _Conn:
+    """What the protocol reads of a connection (it never calls one)."""
+
+    closed = False
+
+
+class _OneConnection(Source[Any]):
+    """A source that lends one connection and takes no I/O to do it."""
+
+    def __init__(self) -> None:
+        self.conn: Any = _Conn()
+        self.given_back = 0
+
+    def borrow(self, name: str, deadline: Deadline) -> Generator[Step[Any], Any, Any]:
+        yield from ()
+        return self.conn
+
+    def give_back(self, conn: Any) -> Generator[Step[Any], Any, None]:
+        yield from ()
+        self.given_back += 1
+
+
+def _statement(step: Step[Any]) -> str:
+    assert isinstance(step, Execute)
+    return step.statement
+
+
+def test_protocol_undoes_a_grant_cut_short_by_lock_timeout_and_waits_again() -> None:
+    source = _OneConnection()
+    flow = AdvisoryLock("jobs", 42, source).take(Deadline.after(60), Cancel())
+    assert _statement(next(flow)) == pgsql.TRY
+    wait = flow.send((False, 7))  # held by someone else: wait in the server
+    assert isinstance(wait, Wait)
+    assert "pg_advisory_lock(42)" in wait.statement
+    assert "lock_timeout" in wait.statement
+    # lock_timeout can fail the statement just after the server granted the lock
+    cleanup = flow.throw(psycopg.errors.LockNotAvailable("canceling statement: lock timeout"))
+    assert _statement(cleanup) == pgsql.UNLOCK_IF_HELD
+    assert isinstance(flow.send(None), Wait)  # then it waits again
+    with pytest.raises(StopIteration) as done:
+        flow.send((None, 7))
+    assert done.value.value == Held(source.conn, 7)
+    assert source.given_back == 0  # the holder keeps its connection
+
+
+def test_protocol_cancelled_wait_leaves_nothing_held() -> None:
+    source, cancel = _OneConnection(), Cancel[Any]()
+    flow = AdvisoryLock("jobs", 42, source).take(Deadline.after(60), cancel)
+    next(flow)
+    flow.send((False, 7))
+    assert cancel.request() == (source.conn, False)  # the runner cancels in the server
+    cleanup = flow.throw(psycopg.errors.QueryCanceled("canceling statement"))
+    assert _statement(cleanup) == pgsql.UNLOCK_IF_HELD
+    with pytest.raises(StopIteration) as done:
+        flow.send(None)
+    assert done.value.value is None
+    assert source.given_back == 1
+
+
+def test_protocol_interrupted_wait_is_undone_and_the_interruption_goes_on() -> None:
+    source = _OneConnection()
+    flow = AdvisoryLock("jobs", 42, source).take(Deadline.after(60), Cancel())
+    next(flow)
+    flow.send((False, 7))
+    assert _statement(flow.throw(KeyboardInterrupt())) == pgsql.UNLOCK_IF_HELD
+    with pytest.raises(KeyboardInterrupt):
+        flow.send(None)
+    assert source.given_back == 1
+
+
+def test_protocol_turns_a_changed_session_into_lock_lost() -> None:
+    source = _OneConnection()
+    flow = AdvisoryLock("jobs", 42, source).unlock(Held(source.conn, 7))
+    assert _statement(next(flow)) == pgsql.UNLOCK
+    with pytest.raises(LockLostError, match="different server session"):
+        flow.send((None,))  # the CASE found another backend pid: nothing unlocked
 
 
 # ---- import hygiene -------------------------------------------------------------
+
+
+def test_only_the_async_modules_of_the_backend_import_anyio() -> None:
+    """ruff lets every module of aplock._pg import psycopg, so this checks the rest of
+    its rule there: the async libraries only in the async runner and the markers."""
+    async_libraries = {"asyncio", "anyio", "sniffio", "trio"}
+    for path in sorted((Path(aplock.__file__).parent / "_pg").glob("*.py")):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.partition(".")[0])
+        assert "posix_ipc" not in imported, path.name
+        if path.name not in ("aio.py", "marker.py"):
+            assert not imported & async_libraries, path.name
+        assert "_eventloop" not in path.read_text() or path.name == "aio.py", path.name
 
 
 def test_core_never_imports_psycopg() -> None:
@@ -221,6 +326,17 @@ def test_shared_connection_objects_exclude_each_other(dsn: str, pg: tuple[str, A
         assert not conn.closed  # the user's connection stays open
 
 
+def test_shared_connection_with_another_row_factory(dsn: str, pg: tuple[str, Admin]) -> None:
+    """The lock reads its own rows as tuples, whatever rows the user's connection makes."""
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        lock = PgLock(pg[0], conn)
+        assert lock.acquire(timeout=5)
+        lock.check()
+        lock.release()
+        assert not lock.locked()
+        lock.close()
+
+
 def test_shared_connection_must_be_autocommit_and_idle(dsn: str, pg: tuple[str, Admin]) -> None:
     with psycopg.connect(dsn) as conn, pytest.raises(ValueError, match="autocommit"):
         PgLock(pg[0], conn)
@@ -326,13 +442,6 @@ def test_pickles_by_name_and_conninfo(dsn: str, locks: list[PgLock]) -> None:
         shared.close()
 
 
-def test_lock_lost_error_names_the_lock_and_pickles() -> None:
-    error = LockLostError("orders", "gone")
-    copy = pickle.loads(pickle.dumps(error))
-    assert isinstance(copy, aplock.LockError)
-    assert (copy.name, str(copy)) == ("orders", "lock 'orders': gone")
-
-
 # ---- losing the session ------------------------------------------------------------
 
 
@@ -375,8 +484,9 @@ def test_idle_session_dropped_reconnects(locks: list[PgLock], pg: tuple[str, Adm
 def test_locks_released_behind_our_back_are_reported(locks: list[PgLock]) -> None:
     a, _ = locks
     a.acquire()
-    assert a._held is not None
-    a._held.conn.execute("SELECT pg_advisory_unlock_all()")
+    held = a._backend._held
+    assert held is not None
+    held.conn.execute("SELECT pg_advisory_unlock_all()")
     with pytest.raises(LockLostError, match="no longer holds it"):
         a.check()
     with pytest.raises(LockLostError, match="no longer holds it"):
@@ -387,9 +497,9 @@ def test_a_changed_session_is_never_unlocked(locks: list[PgLock], pg: tuple[str,
     """What a transaction-pooling proxy does: the connection's session changes."""
     a, _ = locks
     a.acquire()
-    held = a._held
+    held = a._backend._held
     assert held is not None
-    a._held = type(held)(held.conn, held.pid + 1)  # as if a proxy swapped the session
+    a._backend._held = type(held)(held.conn, held.pid + 1)  # as if a proxy swapped the session
     with pytest.raises(LockLostError, match="transaction mode"):
         a.check()
     with pytest.raises(LockLostError, match="transaction mode"):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 import aplock
 from aplock.postgres import AsyncPgLock, AsyncPgMarker, LockLostError, PgLock
@@ -349,6 +351,18 @@ def test_shared_async_connection(dsn: str, pg: tuple[str, Admin]) -> None:
     asyncio.run(conn.close())
 
 
+def test_shared_async_connection_with_another_row_factory(dsn: str, pg: tuple[str, Admin]) -> None:
+    async def main() -> None:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
+        lock = AsyncPgLock(pg[0], conn)
+        async with lock:
+            await lock.check()
+        await lock.aclose()
+        await conn.close()
+
+    asyncio.run(main())
+
+
 async def _non_autocommit(dsn: str, name: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         AsyncPgLock(name, conn)
@@ -405,3 +419,83 @@ def test_run_once_across_processes(
         assert len(ran.read_text().split()) == 1
     finally:
         AsyncPgMarker(dsn, table="aplock_once_test")._marker.clear(pg[0])
+
+
+async def test_own_pending_unlock_does_not_make_a_try_fail(dsn: str, pg: tuple[str, Admin]) -> None:
+    """After ``release()``, a try of a lock nobody else holds succeeds, as with AsyncLock."""
+    lock = AsyncPgLock(pg[0], dsn)
+    for _ in range(5):
+        assert await lock.acquire()
+        lock.release()  # the unlock is still on its way to the server...
+        assert await lock.acquire(block=False)  # ...and this object waits for its own
+        lock.release()
+        assert await lock.acquire(timeout=0)
+        await lock.arelease()
+    await lock.aclose()
+
+
+async def test_unreachable_server_raises_the_error_itself(pg: tuple[str, Admin]) -> None:
+    lock = AsyncPgLock(pg[0], "postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
+    with pytest.raises(aplock.LockUnavailableError, match="connecting on PostgreSQL") as info:
+        await lock.acquire(timeout=1)
+    assert type(info.value) is aplock.LockUnavailableError  # not an ExceptionGroup around it
+    assert info.value.name == pg[0]
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    await lock.aclose()
+
+
+async def test_close_without_awaiting(dsn: str, pg: tuple[str, Admin]) -> None:
+    lock = AsyncPgLock(pg[0], dsn)
+    assert await lock.acquire()
+    with pytest.raises(RuntimeError, match=r"await aclose\(\)"):
+        lock.close()  # releasing is a round trip: it refuses rather than leave it held
+    lock.release()
+    with pytest.raises(RuntimeError, match="releasing"):
+        lock.close()  # the unlock is still on its way
+    assert await lock.acquire(block=False)  # waits for that unlock
+    await lock.arelease()
+    lock.close()
+    lock.close()  # idempotent
+    assert lock.closed
+    assert "closed" in repr(lock)
+    with pytest.raises(aplock.LockClosedError, match="closed; create a new one"):
+        await lock.acquire()
+    other = AsyncPgLock(pg[0], dsn)
+    assert await other.acquire(block=False)  # nothing was left held
+    await other.aclose()
+
+
+async def test_a_terminated_waiter_waits_on(dsn: str, pg: tuple[str, Admin]) -> None:
+    """Its own session, broken in the server-side wait, is reopened once (no raw psycopg
+    error, no exception group): then it gets the lock when the holder lets go."""
+    holder, waiter = PgLock(pg[0], dsn), AsyncPgLock(pg[0], dsn)
+    holder.acquire()
+
+    def waiting_pid() -> int:
+        while True:
+            row = (
+                pg[1]
+                .execute(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
+                    " AND NOT granted AND objid = (%s::bigint & 4294967295)::oid",
+                    [waiter.key],
+                )
+                .fetchone()
+            )
+            if row is not None:
+                return int(row[0])
+            time.sleep(0.005)
+
+    async def terminate_then_release() -> None:
+        pid = await anyio.to_thread.run_sync(waiting_pid)
+        pg_helpers.terminate(pg[1], pid)
+        await wait_for_waiters(pg, waiter, 1)  # waiting again, in a new session
+        holder.release()
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(terminate_then_release)
+            assert await waiter.acquire(timeout=15)
+    await waiter.arelease()
+    holder.close()
+    await waiter.aclose()

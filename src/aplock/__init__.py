@@ -15,10 +15,12 @@ from .errors import (
     AbandonedLockWarning,
     LockClosedError,
     LockError,
+    LockLostError,
     LockNotHeldError,
     LockPermissionError,
     LockUnavailableError,
     LockWarning,
+    OnceTimeoutError,
 )
 from .startup import AsyncOnce, Once
 from .sync import Acquisition, Lock, LockInfo, unlink
@@ -36,11 +38,13 @@ __all__ = [
     "LockClosedError",
     "LockError",
     "LockInfo",
+    "LockLostError",
     "LockNotHeldError",
     "LockPermissionError",
     "LockUnavailableError",
     "LockWarning",
     "Once",
+    "OnceTimeoutError",
     "__version__",
     "unlink",
 ]

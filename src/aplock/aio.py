@@ -18,9 +18,7 @@ for the name) and adds what waiting inside an event loop needs:
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 import threading
 import weakref
 from collections import deque
@@ -32,6 +30,8 @@ import anyio.lowlevel
 from anyio import WouldBlock
 
 from ._deadline import Deadline, normalize_timeout
+from ._eventloop import current_loop as _current_loop
+from ._eventloop import notifier as _notifier
 from ._handle import DEFAULT_MODE, Takeover
 from .sync import RECOVERY_INTERVAL, Acquisition, Lock, LockInfo
 
@@ -94,32 +94,10 @@ class _Gate:
         return len(self.waiters)
 
 
-def _notifier(loop: object) -> Callable[[Callable[[], object]], object]:
-    """A thread-safe, non-blocking "run this soon in that event loop"."""
-    if isinstance(loop, asyncio.AbstractEventLoop):
-        return loop.call_soon_threadsafe
-    return loop.run_sync_soon  # type: ignore[attr-defined,no-any-return]
-
-
 # (name, recovery interval) -> event loop (asyncio loop or Trio token) -> gate
 _GateKey = tuple[str, float | None]
 _gates: dict[_GateKey, weakref.WeakKeyDictionary[object, _Gate]] = {}
 _gates_lock = threading.Lock()
-
-
-def _current_loop() -> object:
-    """The running event loop: an asyncio loop, or the Trio token of a Trio run."""
-    loop = asyncio._get_running_loop()
-    if loop is not None:
-        return loop
-    trio = sys.modules.get("trio")  # never imported here: only if Trio is what runs
-    if trio is not None:
-        try:
-            # What AnyIO's current_token().native_token is, at a tenth of the cost.
-            return trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            pass
-    return anyio.lowlevel.current_token().native_token
 
 
 def _gate(lock: Lock) -> _Gate:

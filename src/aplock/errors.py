@@ -1,14 +1,22 @@
-"""Public exception and warning types.
+"""Every public exception and warning of aplock, the PostgreSQL backend's included.
 
 Every error names the lock it is about and says what to do; every one pickles, so it
-survives a trip through ``multiprocessing`` or ``concurrent.futures``::
+survives a trip through ``multiprocessing`` or ``concurrent.futures``. Each is importable
+from ``aplock`` and from here; the module where users meet one re-exports it too
+(``aplock.postgres.LockLostError``, ``aplock.startup.OnceTimeoutError``)::
 
     Exception
     └── LockError                     .name: the user's lock name
-        ├── LockNotHeldError          + ValueError: release() of a lock nobody holds
+        ├── LockNotHeldError          + ValueError: release() of a lock nobody holds (on
+        │                             PostgreSQL: that this object does not hold)
         ├── LockClosedError           + RuntimeError: use after close()
         ├── LockPermissionError       + PermissionError: the OS objects belong to someone else
-        └── LockUnavailableError      + OSError: /dev/shm missing or full, no handles left
+        ├── LockUnavailableError      + OSError: /dev/shm missing or full, no handles left;
+        │                             the PostgreSQL server unreachable or refusing
+        ├── LockLostError             PostgreSQL: this object held the lock, but its session
+        │                             ended or changed
+        └── OnceTimeoutError          + TimeoutError, .key, .timeout: Once/AsyncOnce gave up
+                                      waiting for the lock
 
     UserWarning
     └── LockWarning                   .name
@@ -24,10 +32,12 @@ __all__ = [
     "AbandonedLockWarning",
     "LockClosedError",
     "LockError",
+    "LockLostError",
     "LockNotHeldError",
     "LockPermissionError",
     "LockUnavailableError",
     "LockWarning",
+    "OnceTimeoutError",
 ]
 
 
@@ -83,6 +93,46 @@ class LockPermissionError(_OSLockError, PermissionError):
 
 class LockUnavailableError(_OSLockError):
     """The OS cannot provide the lock (``/dev/shm`` missing or full, too many open handles)."""
+
+
+class LockLostError(LockError):
+    """This object held the lock, but the PostgreSQL session that held it is gone.
+
+    The server released the lock when the session ended (connection dropped,
+    ``pg_terminate_backend``, server restart), or something else released the
+    session's locks (``pg_advisory_unlock_all``, ``DISCARD ALL``), or a
+    transaction-pooling proxy moved the connection to another session. Another
+    process may hold the lock now: whatever it protected may have been changed
+    since. Raised by ``release()`` (which still leaves the object not holding the
+    lock, ready to acquire again) and by ``check()``.
+    """
+
+
+class OnceTimeoutError(LockError, TimeoutError):
+    """``run()`` or ``reset()`` gave up waiting for the lock after *timeout* seconds.
+
+    The work was neither run nor skipped by this call: another process held the lock
+    (normally: it is running the work) for longer than the timeout.
+
+    Attributes:
+        name: the lock's name.
+        key: the key of the work.
+        timeout: the seconds waited.
+    """
+
+    def __init__(self, name: str, key: str, timeout: float) -> None:
+        self.key = key
+        self.timeout = timeout
+        super().__init__(
+            name,
+            f"gave up after {timeout:g} s waiting for the lock to run the work for key "
+            f"{key!r}: another process holds it, most likely running that work. Wait "
+            f"longer (timeout=None waits until it is done), or see who holds it with "
+            f"'python -m aplock show {name!r}'.",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.key, self.timeout))
 
 
 class LockWarning(UserWarning):

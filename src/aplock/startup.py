@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._deadline import Deadline, normalize_timeout
 from ._names import digest, posix_names, slug, validate
-from .errors import LockError, LockPermissionError, LockUnavailableError
+from .errors import LockError, LockPermissionError, LockUnavailableError, OnceTimeoutError
 from .sync import Lock
 
 if TYPE_CHECKING:
@@ -122,36 +122,6 @@ class AsyncMarker(Protocol):
 
     async def clear(self, name: str, key: str | None = None) -> int:
         """Forget *key* (every key of *name* if ``None``); return how many were set."""
-
-
-# -- the error --------------------------------------------------------------------------
-
-
-class OnceTimeoutError(LockError, TimeoutError):
-    """``run()`` or ``reset()`` gave up waiting for the lock after *timeout* seconds.
-
-    The work was neither run nor skipped by this call: another process held the lock
-    (normally: it is running the work) for longer than the timeout.
-
-    Attributes:
-        name: the lock's name.
-        key: the key of the work.
-        timeout: the seconds waited.
-    """
-
-    def __init__(self, name: str, key: str, timeout: float) -> None:
-        self.key = key
-        self.timeout = timeout
-        super().__init__(
-            name,
-            f"gave up after {timeout:g} s waiting for the lock to run the work for key "
-            f"{key!r}: another process holds it, most likely running that work. Wait "
-            f"longer (timeout=None waits until it is done), or see who holds it with "
-            f"'python -m aplock show {name!r}'.",
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name, self.key, self.timeout))
 
 
 # -- the default marker ------------------------------------------------------------------

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql as pgsql
 
-from ._pgerrors import target, unavailable
+from .translate import target, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable

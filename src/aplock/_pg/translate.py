@@ -1,11 +1,9 @@
-"""Errors of the PostgreSQL backend, and the translation of psycopg's into them.
+"""psycopg's errors translated into aplock's, and the descriptions of a server they use.
 
-No psycopg exception reaches the user bare: each becomes an aplock error that names the
-lock, says what failed and what to do, and keeps the psycopg error as ``__cause__``::
-
-    LockError
-    ├── LockLostError          this object held the lock, but its session ended or changed
-    └── LockUnavailableError   (OSError) the server cannot be reached or refused the request
+No psycopg exception reaches the user bare: each becomes an aplock error
+(``LockUnavailableError``, ``LockLostError``; the tree is drawn in ``aplock.errors``)
+that names the lock, says what failed and what to do, and keeps the psycopg error as
+``__cause__``.
 """
 
 from __future__ import annotations
@@ -14,25 +12,20 @@ from typing import TYPE_CHECKING
 
 from psycopg.conninfo import conninfo_to_dict
 
-from .errors import LockError, LockUnavailableError
+from aplock.errors import LockLostError, LockUnavailableError
 
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["LockLostError"]
-
-
-class LockLostError(LockError):
-    """This object held the lock, but the PostgreSQL session that held it is gone.
-
-    The server released the lock when the session ended (connection dropped,
-    ``pg_terminate_backend``, server restart), or something else released the
-    session's locks (``pg_advisory_unlock_all``, ``DISCARD ALL``), or a
-    transaction-pooling proxy moved the connection to another session. Another
-    process may hold the lock now: whatever it protected may have been changed
-    since. Raised by ``release()`` (which still leaves the object not holding the
-    lock, ready to acquire again) and by ``check()``.
-    """
+__all__ = [
+    "NOT_HELD",
+    "NOT_IN_SESSION",
+    "SESSION_CHANGED",
+    "lost",
+    "lost_connection",
+    "target",
+    "unavailable",
+]
 
 
 def target(conninfo: str | None, conn: Any = None) -> str:
@@ -83,4 +76,9 @@ SESSION_CHANGED = (
 NOT_IN_SESSION = (
     "the server says its session no longer holds it (released behind aplock's back: "
     "pg_advisory_unlock_all(), DISCARD ALL, or a pooler's reset query)"
+)
+NOT_HELD = (
+    "release() of a lock this object does not hold. A PostgreSQL advisory lock can only "
+    "be released by the session, and so the lock object, that acquired it: call "
+    "release() on that object (from any thread)"
 )

@@ -18,18 +18,18 @@ from __future__ import annotations
 import hashlib
 import math
 
-from ._names import validate
+from aplock._names import validate
 
-#: Bytes hashed in front of the UTF-8 name, so aplock's keys stay apart from other uses.
 KEY_PREFIX = b"aplock:"
+"""Bytes hashed in front of the UTF-8 name, so aplock's keys stay apart from other uses."""
 #: Largest value of ``lock_timeout`` (milliseconds): PostgreSQL's ``INT_MAX``.
 MAX_LOCK_TIMEOUT_MS = 2**31 - 1
 
-#: The same key, computed by the server from the name bound to ``%s``.
 KEY_SQL = (
     "SELECT ('x' || encode(substring(sha256(convert_to('aplock:' || %s, 'UTF8')) "
     "from 1 for 8), 'hex'))::bit(64)::bigint"
 )
+"""The query by which the server computes ``advisory_key`` of the name bound to ``%s``."""
 
 # The advisory lock of a bigint key, as pg_locks shows it: high and low 32 bits in
 # classid and objid, objsubid 1 (the two-int4 form uses objsubid 2), in this database.
@@ -52,6 +52,12 @@ UNLOCK_IF_HELD = f"SELECT pg_advisory_unlock(%(key)s) FROM pg_locks WHERE {_MINE
 HELD = f"SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks WHERE {_MINE})"
 #: Whether any session holds the lock.
 LOCKED = f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {_THIS_KEY} AND granted)"
+#: Run once on a session the lock opens (PostgreSQL 14 and later, ``SETUP_SINCE``): an
+#: idle holder is the normal case, so the server must never end its session for idling.
+SETUP = "SET idle_session_timeout = 0"
+SETUP_SINCE = 140000
+#: Results of a ``wait_statement``; the row of the last is ``(void, backend pid)``.
+WAIT_RESULTS = 3
 
 
 def advisory_key(name: str) -> int:
