@@ -468,8 +468,10 @@ class Handle:
         elif phase == Intent.TOOK and (
             kind == Intent.RELEASE or (kind == Intent.GIVE_BACK and generation == target)
         ):
-            # It held the current acquisition's token to free it: finish that.
-            if words[_PID_WORD] != 0:
+            # It held the current acquisition's token to free it: finish that, if that
+            # acquisition is still the current one. The pid first, then the generation:
+            # a publisher that took the L it had already posted writes both at once.
+            if words[_PID_WORD] != 0 and words[_GEN_WORD] == target:
                 words[_PID_WORD] = 0
                 self.sem.release()
         elif self._token_posted() or words[_PID_WORD] == 0:
@@ -491,7 +493,10 @@ class Handle:
         finish such a step (they wait for nothing while in one) before the answer is no.
         """
         words = self.words
-        if words[_PID_WORD] <= 0 or words[_KEY_WORD] == 0:
+        pid = words[_PID_WORD]
+        if pid == 0:
+            return True  # cleared since the caller looked: its own release is under way
+        if pid < 0 or words[_KEY_WORD] == 0:
             return False
         if words[_KEY_WORD] != self.me_key:
             return not is_proven_dead(self.snapshot().holder)
