@@ -126,14 +126,14 @@
                                :: atomic { H == 0 -> ok = false; NOT_HELD } fi
 #endif
 
-/* ---- proposed fixes (-DFIX_<NAME>): not today's code ------------------------------ */
+/* ---- two steps of _settle_intent, and the bugs they fixed (-DMUT_<NAME>) ---------- */
 
 /* _handle.py:472 Handle._settle_intent: a TOOK release is finished only while the
- * acquisition it freed is still the current one. Today the generation is read once
+ * acquisition it freed is still the current one. The bug (-DMUT_SETTLE_ONE_READ): the generation read once
  * (line 465) and the pid later: a publisher that took the L the dead writer had
  * already posted can write itself in between, and its pid is then cleared and L posted
- * under it. Fix: read the pid, then the generation again (one write sets both). */
-#ifdef FIX_SETTLE_REREAD_GEN
+ * under it. The code reads the pid, then the generation again (one write sets both). */
+#ifndef MUT_SETTLE_ONE_READ
 #define FINISH_STILL_CURRENT(v)    if :: v -> ST(v = (r_gen == ig)) :: else -> skip fi
 #else
 #define FINISH_STILL_CURRENT(v)    skip
@@ -142,9 +142,9 @@
 /* _handle.py:494 Handle._holder_may_release: it reads the pid again, after
  * _settle_intent (line 475) found it non-zero with H at 0. A 0 now means that the
  * holder's own unguarded release cleared it in between and is about to post L: today
- * that answers "no", and the caller posts H under it (L + H = 2). Fix: a pid that reads
- * 0 here answers "yes" (leave the intent; the next settle finds pid 0 and passes). */
-#ifdef FIX_HOLDER_PID_ZERO
+ * -DMUT_HOLDER_PID_REREAD answers "no", and the caller posts H under it (L + H = 2). The code: a pid that
+ * reads 0 here answers "yes" (leave the intent; the next settle finds pid 0 and passes). */
+#ifndef MUT_HOLDER_PID_REREAD
 #define HOLDER_PID_CLEARED(p)      (p == 0)
 #else
 #define HOLDER_PID_CLEARED(p)      false

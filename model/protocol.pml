@@ -205,7 +205,7 @@ inline take(res) {
 /* Handle._holder_may_release, under the guard: may. One thread per process, so for the
  * process's own acquisition (threading.active_count() == 1) the answer is no. */
 inline holder_may_release() {
-	/* _handle.py:494 Handle._holder_may_release: if words[_PID_WORD] <= 0 or words[_KEY_WORD] == 0: */
+	/* _handle.py:496 Handle._holder_may_release: pid = words[_PID_WORD] */
 	ST(h_pid = r_pid; h_key = r_key);
 	if
 	:: HOLDER_PID_CLEARED(h_pid) -> may = true
@@ -242,7 +242,7 @@ inline settle_intent() {
 		:: else ->
 			if
 			:: SETTLE_FINISHES(ip) && (ik == I_RELEASE || (ik == I_GIVE_BACK && cur == ig)) ->
-				/* _handle.py:472 Handle._settle_intent: if words[_PID_WORD] != 0: */
+				/* _handle.py:474 Handle._settle_intent: if words[_PID_WORD] != 0 and words[_GEN_WORD] == target: */
 				ST(posted = (r_pid != 0));
 				FINISH_STILL_CURRENT(posted);
 				if
