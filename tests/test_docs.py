@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 import aplock
-from aplock._names import posix_names
+from aplock._names import MAX_LENGTH, posix_names
 
 from .conftest import SHM, aplock_objects
 from .pg_helpers import require_server
@@ -116,7 +116,9 @@ def remove_objects_of(code: str) -> None:
     names = {
         node.value
         for node in ast.walk(ast.parse(code))
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and 0 < len(node.value) <= MAX_LENGTH
     }
     bases = {posix_names(name).base for name in names}
     for entry in aplock_objects():

@@ -562,3 +562,18 @@ def test_once_runs_work_once_with_a_pg_marker(dsn: str, pg: tuple[str, Admin]) -
     finally:
         marker.clear(pg[0])
         lock.close()
+
+
+def test_a_pickle_made_by_the_earlier_module_layout_still_loads() -> None:
+    # What pickle.dumps(PgLock("x", "host=127.0.0.1 dbname=test")) gave when PgLock lived
+    # in aplock._pgsync.
+    old = (
+        b"\x80\x04\x95B\x00\x00\x00\x00\x00\x00\x00\x8c\x0eaplock._pgsync\x94\x8c\x06PgLock"
+        b"\x94\x93\x94\x8c\x01x\x94\x8c\x1ahost=127.0.0.1 dbname=test\x94\x86\x94R\x94."
+    )
+    lock = pickle.loads(old)
+    try:
+        assert isinstance(lock, PgLock)
+        assert lock.name == "x"
+    finally:
+        lock.close()
