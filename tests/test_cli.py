@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 import aplock
-from aplock import _inspect, _state
+from aplock import _state
+from aplock._cli import inspect as _inspect
 from aplock._names import posix_names
 from aplock.startup import FileMarker
 

@@ -103,7 +103,7 @@ def test_the_sync_modules_import_no_async_library() -> None:
     out = run_python(
         f"""
         import json, sys
-        import aplock.sync, aplock.startup, aplock.errors, aplock._inspect
+        import aplock.sync, aplock.startup, aplock.errors, aplock._cli.inspect
 
         print(json.dumps({LOADED}))
         """

@@ -470,7 +470,7 @@ def test_close_while_another_thread_waits_ends_that_wait(lock_name: str) -> None
 
 
 def test_the_longest_name_is_reported_whole_and_found_again(lock_name: str) -> None:
-    from aplock import _inspect
+    from aplock._cli import inspect as _inspect
 
     name = lock_name + "\U0001f512" * (_names.MAX_LENGTH - len(lock_name))
     lock = aplock.Lock(name)

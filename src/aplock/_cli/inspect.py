@@ -23,11 +23,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import _names, _posix, _state
-from ._process import is_proven_dead
-from .errors import LockPermissionError, LockUnavailableError
-from .startup import _MARKER_INFIX, FileMarker
-from .sync import Lock
+from aplock import _names, _posix, _state
+from aplock._process import is_proven_dead
+from aplock.errors import LockPermissionError, LockUnavailableError
+from aplock.startup import _MARKER_INFIX, FileMarker
+from aplock.sync import Lock
 
 
 @dataclass(frozen=True, slots=True)

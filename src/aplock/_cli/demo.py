@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .aio import AsyncLock
-from .errors import AbandonedLockWarning
-from .sync import Lock, unlink
+from aplock.aio import AsyncLock
+from aplock.errors import AbandonedLockWarning
+from aplock.sync import Lock, unlink
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
