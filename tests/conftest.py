@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,20 @@ def lock_name() -> Iterator[str]:
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
     """Run every AnyIO test on asyncio, asyncio with uvloop, and Trio."""
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def dsn() -> str:
+    """The PostgreSQL test server's connection string (skips, or fails when
+    ``APLOCK_REQUIRE_POSTGRES`` is set, without one)."""
+    from . import pg_helpers
+
+    return pg_helpers.require_server()
+
+
+@pytest.fixture
+def pg(dsn: str) -> Iterator[tuple[str, Any]]:
+    """A fresh lock name and an admin connection; no session may hold the lock after."""
+    from . import pg_helpers
+
+    yield from pg_helpers.name_and_admin(dsn)

@@ -241,18 +241,6 @@ async def test_async_lock_odd_but_valid_arguments(lock_name: str) -> None:
 
 
 @pytest.fixture
-def dsn() -> str:
-    """The test server's connection string (skips or fails without one)."""
-    return pg_helpers.require_server()
-
-
-@pytest.fixture
-def pg(dsn: str) -> Iterator[tuple[str, Admin]]:
-    """A fresh lock name and an admin connection; no session may hold the lock after."""
-    yield from pg_helpers.name_and_admin(dsn)
-
-
-@pytest.fixture
 def pg_held(dsn: str, pg: tuple[str, Admin]) -> Iterator[PgLock]:
     """A PgLock, in a session of its own, holding the test name until the test ends."""
     holder = PgLock(pg[0], dsn)

@@ -33,18 +33,6 @@ Admin = psycopg.Connection[Any]
 
 
 @pytest.fixture
-def dsn() -> str:
-    """The test server's connection string (skips or fails without one)."""
-    return pg_helpers.require_server()
-
-
-@pytest.fixture
-def pg(dsn: str) -> Iterator[tuple[str, Admin]]:
-    """A fresh lock name and an admin connection; no session may hold the lock after."""
-    yield from pg_helpers.name_and_admin(dsn)
-
-
-@pytest.fixture
 def locks(dsn: str, pg: tuple[str, Admin]) -> Iterator[list[PgLock]]:
     """Two PgLocks on the test name, each with its own session; closed after the test."""
     made = [PgLock(pg[0], dsn), PgLock(pg[0], dsn)]

@@ -6,7 +6,6 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -28,18 +27,6 @@ pytestmark = pytest.mark.anyio
 #: Random cancellation rounds per backend in the normal run (many more with -m stress).
 ROUNDS = 12
 STRESS_ROUNDS = 400
-
-
-@pytest.fixture
-def dsn() -> str:
-    """The test server's connection string (skips or fails without one)."""
-    return pg_helpers.require_server()
-
-
-@pytest.fixture
-def pg(dsn: str) -> Iterator[tuple[str, Admin]]:
-    """A fresh lock name and an admin connection; no session may hold the lock after."""
-    yield from pg_helpers.name_and_admin(dsn)
 
 
 def waiters(pg: tuple[str, Admin], lock: AsyncPgLock) -> int:
