@@ -22,8 +22,10 @@ from types import FrameType
 from typing import Any
 
 import aplock
-from aplock import _handle, _process, _state
 from aplock._deadline import Deadline
+from aplock._posix import handle as _handle
+from aplock._posix import identity as _process
+from aplock._posix import record as _state
 
 APLOCK_DIR = os.path.dirname(aplock.__file__)
 

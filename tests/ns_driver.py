@@ -17,7 +17,7 @@ import warnings
 from typing import Any
 
 import aplock
-from aplock import _handle
+from aplock._posix import handle as _handle
 
 #: Exit codes of a child's release().
 RELEASED, NOT_HELD = 0, 3

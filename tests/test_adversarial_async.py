@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 import aplock
-from aplock import _handle
+from aplock._posix import handle as _handle
 
 from . import adversarial_workers as aw
 from . import workers

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 import aplock
-from aplock import _handle, _process
+from aplock._posix import handle as _handle
+from aplock._posix import identity as _process
 
 from . import adversarial_workers as aw
 from .procs import SPAWN

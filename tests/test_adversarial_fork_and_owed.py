@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 import aplock
-from aplock import _handle, _state
+from aplock._posix import handle as _handle
+from aplock._posix import record as _state
 
 from .procs import FORK, SPAWN, bad_outcomes, hammer_with_signals, running
 
@@ -385,7 +386,8 @@ def test_a_waiter_in_another_process_frees_an_owed_acquisition(lock_name: str) -
 
 FAILED_REOPEN = """
 import os, sys, aplock
-from aplock import _posix, errors
+from aplock import errors
+from aplock._posix import ipc as _posix
 lock = aplock.Lock(sys.argv[1])
 def cannot_reopen(name, fd, base):
     raise errors.LockUnavailableError(name, "reopening its guard after fork() failed")

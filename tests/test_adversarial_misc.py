@@ -18,7 +18,9 @@ import anyio
 import pytest
 
 import aplock
-from aplock import _handle, _process, _state
+from aplock._posix import handle as _handle
+from aplock._posix import identity as _process
+from aplock._posix import record as _state
 
 from . import adversarial_workers as aw
 from . import workers

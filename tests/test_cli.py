@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 import aplock
-from aplock import _state
 from aplock._cli import inspect as _inspect
 from aplock._names import posix_names
+from aplock._posix import record as _state
 from aplock.startup import FileMarker
 
 from . import workers

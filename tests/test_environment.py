@@ -124,7 +124,8 @@ def test_guard_falls_back_to_a_file_without_record_locks(
     import errno
     import fcntl
 
-    from aplock import _handle, _posix
+    from aplock._posix import handle as _handle
+    from aplock._posix import ipc as _posix
 
     real = fcntl.flock
     probed: list[int] = []

@@ -57,7 +57,7 @@ def test_a_name_longer_than_the_limit_is_a_value_error() -> None:
 
 
 def test_the_record_stores_the_longest_name_whole() -> None:
-    from aplock import _state
+    from aplock._posix import record as _state
 
     name = "\U0001f512" * _names.MAX_LENGTH  # four UTF-8 bytes each
     raw = _state.encode_name(name)

@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 
 import aplock
-from aplock import _handle, _names, _posix, _process, sync
+from aplock import _names, sync
+from aplock._posix import handle as _handle
+from aplock._posix import identity as _process
+from aplock._posix import ipc as _posix
 
 from .procs import SPAWN, kill, running
 
@@ -28,7 +31,8 @@ def as_on_macos() -> None:
     _posix.SHORT_NAMES = True
     _posix.HAS_PROC_FD = False
     _process.HAS_PROC = False
-    sync._HAS_VALUE = False  # the hot path's copy of the flag
+    sync._HAS_VALUE = False  # the hot paths' copies of the flag
+    _handle._HAS_VALUE = False
 
 
 def holder(name: str, acquired: Any, release: Any) -> None:

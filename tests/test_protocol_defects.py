@@ -17,7 +17,7 @@ import warnings
 import pytest
 
 import aplock
-from aplock import _handle
+from aplock._posix import handle as _handle
 
 from . import workers
 from .procs import SPAWN, running

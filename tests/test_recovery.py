@@ -13,7 +13,9 @@ import anyio
 import pytest
 
 import aplock
-from aplock import _handle, _process, _state
+from aplock._posix import handle as _handle
+from aplock._posix import identity as _process
+from aplock._posix import record as _state
 
 from . import workers
 from .procs import SPAWN, kill, running

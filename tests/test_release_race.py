@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import aplock
-from aplock import _handle
+from aplock._posix import handle as _handle
 
 from . import workers
 from .procs import SPAWN, running

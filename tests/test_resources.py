@@ -22,8 +22,8 @@ import posix_ipc
 import pytest
 
 import aplock
-from aplock import _posix
 from aplock._names import posix_names
+from aplock._posix import ipc as _posix
 
 from .conftest import SHM
 

@@ -12,7 +12,8 @@ import time
 import pytest
 
 import aplock
-from aplock import _handle, _names
+from aplock import _names
+from aplock._posix import handle as _handle
 
 from . import workers
 from .procs import FORK, SPAWN, running

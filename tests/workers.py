@@ -178,7 +178,8 @@ def die_in_guard(name: str, inside: Any) -> None:
 
 def die_after_recording(name: str) -> None:
     """Take the lock semaphore and record this process, then die before the token."""
-    from aplock import _process, _state
+    from aplock._posix import identity as _process
+    from aplock._posix import record as _state
 
     lock = aplock.Lock(name)
     h = lock._h
@@ -257,7 +258,8 @@ def release_and_die(name: str, when: str) -> None:
     """
     import sys
 
-    from aplock import _handle, _state
+    from aplock._posix import handle as _handle
+    from aplock._posix import record as _state
 
     lock = aplock.Lock(name)
     h = lock._h

@@ -32,7 +32,7 @@ from anyio import WouldBlock
 from ._deadline import Deadline, normalize_timeout
 from ._eventloop import current_loop as _current_loop
 from ._eventloop import notifier as _notifier
-from ._handle import DEFAULT_MODE, Takeover
+from ._posix.handle import DEFAULT_MODE, Takeover
 from .sync import RECOVERY_INTERVAL, Acquisition, Lock, LockInfo
 
 if TYPE_CHECKING:

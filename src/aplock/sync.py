@@ -12,10 +12,12 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _handle, _posix, _state
 from ._deadline import Deadline, normalize_timeout
 from ._names import posix_names, validate
-from ._process import identity_of, judge
+from ._posix import handle as _handle
+from ._posix import ipc as _posix
+from ._posix import record as _state
+from ._posix.identity import identity_of, judge
 from .errors import AbandonedLockWarning
 
 if TYPE_CHECKING:

@@ -23,8 +23,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aplock import _names, _posix, _state
-from aplock._process import is_proven_dead
+from aplock import _names
+from aplock._posix import ipc as _posix
+from aplock._posix import record as _state
+from aplock._posix.identity import is_proven_dead
 from aplock.errors import LockPermissionError, LockUnavailableError
 from aplock.startup import _MARKER_INFIX, FileMarker
 from aplock.sync import Lock

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import posix_ipc
 
-from .errors import LockError, LockPermissionError, LockUnavailableError
+from aplock.errors import LockError, LockPermissionError, LockUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from ._names import PosixNames
+    from aplock._names import PosixNames
 
 
 try:

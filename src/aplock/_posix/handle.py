@@ -60,10 +60,12 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from . import _posix, _state
-from ._names import PosixNames, posix_names
-from ._process import Identity, identity, is_proven_dead
-from .errors import LockClosedError, LockError, LockNotHeldError, LockPermissionError
+from aplock._names import PosixNames, posix_names
+from aplock.errors import LockClosedError, LockError, LockNotHeldError, LockPermissionError
+
+from . import ipc as _posix
+from . import record as _state
+from .identity import Identity, identity, is_proven_dead
 
 #: Default permission bits of a lock's OS objects: only this user may open them.
 DEFAULT_MODE = 0o600

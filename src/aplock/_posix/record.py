@@ -36,8 +36,9 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._names import MAX_LENGTH
-from ._process import Identity
+from aplock._names import MAX_LENGTH
+
+from .identity import Identity
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
