@@ -104,7 +104,8 @@ class PgLock(_Facade):
       the lock or is acquiring it.
 
     Args:
-        name: any non-empty string; it maps to the advisory key ``advisory_key(name)``.
+        name: any non-empty string of at most 1,024 characters (as for ``Lock``); it
+            maps to the advisory key ``advisory_key(name)``.
         conninfo_or_connection: where the session comes from.
 
             - a connection string (libpq ``key=value`` or ``postgresql://`` URI): the

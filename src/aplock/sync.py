@@ -87,7 +87,8 @@ class Lock:
     is told with an ``AbandonedLockWarning``.
 
     Args:
-        name: any non-empty string; the same name is the same lock host-wide.
+        name: any non-empty string of at most 1,024 characters; the same name is the
+            same lock host-wide.
         mode: permission bits for the lock's OS objects when this call creates them.
             The default ``0o600`` keeps other users out; widen it (``0o660``,
             ``0o666``) only to share the lock with other users deliberately.
@@ -96,7 +97,7 @@ class Lock:
 
     Raises:
         TypeError: *name* is not a string.
-        ValueError: *name* is empty.
+        ValueError: *name* is empty or longer than 1,024 characters.
         LockPermissionError: the lock exists but belongs to another user.
         LockUnavailableError: the OS cannot provide it (``/dev/shm`` missing or full).
 
