@@ -443,12 +443,15 @@ class Handle:
         """Under the guard: whether ``H`` is posted (an acquisition is complete)."""
         if _HAS_VALUE:
             return bool(self.token.value)
+        took = True
         try:
             self.token.acquire(0)
         except _BusyError:
-            return False
-        self.token.release()
-        return True
+            took = False
+        finally:
+            if took:
+                self.token.release()  # first, whatever a signal handler raised meanwhile
+        return took
 
     def _settle_intent(self) -> bool:
         """Under the guard: finish or undo the section of a writer that is gone.
