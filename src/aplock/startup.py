@@ -31,6 +31,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._core import core_of
 from ._deadline import Deadline, normalize_timeout
 from ._names import digest, posix_names, slug, validate
 from .errors import LockError, LockPermissionError, LockUnavailableError, OnceTimeoutError
@@ -581,10 +582,10 @@ def _acquire(lock: SupportsLock, timeout: float | None) -> bool:
         return True
     if wait == 0.0:
         return False
-    acquired, takeover = lock._wait_quietly(Deadline.after(wait), None)
+    core = core_of(lock)
+    acquired, takeover = core.wait(Deadline.after(wait), None)
     if takeover is not None:
-        # _acquire -> run/reset -> their caller.
-        lock._warn_abandoned(takeover)
+        core.warn_abandoned(takeover)  # at the first frame outside aplock: their caller
     return acquired
 
 
@@ -607,10 +608,13 @@ def _wait(lock: SupportsAsyncLock, timeout: float | None) -> Coroutine[Any, Any,
     The wait warns two frames above its own: with no frame of ours in between, that is
     the line that called ``run``/``reset``.
     """
-    from .aio import AsyncLock, _gate  # noqa: PLC0415 - loaded, since lock is an AsyncLock
+    from . import _gate  # noqa: PLC0415 - async machinery, loaded with AsyncLock
+    from .aio import AsyncLock  # noqa: PLC0415 - loaded, since lock is an AsyncLock
 
     assert isinstance(lock, AsyncLock)
-    return lock._wait(_gate(lock.lock), Deadline.after(normalize_timeout(True, timeout)))
+    core = core_of(lock.lock)
+    deadline = Deadline.after(normalize_timeout(True, timeout))
+    return _gate.wait_in(_gate.gate_for(core), core, deadline)
 
 
 async def _maybe_await(value: object) -> Any:

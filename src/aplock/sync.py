@@ -5,10 +5,7 @@ Knows nothing of async; ``aplock.aio.AsyncLock`` composes it.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +15,9 @@ from ._posix import handle as _handle
 from ._posix import ipc as _posix
 from ._posix import record as _state
 from ._posix.identity import identity_of, judge
-from .errors import AbandonedLockWarning
+from ._posix.lock import LockCore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import TracebackType
     from typing import Self
 
@@ -29,8 +25,6 @@ __all__ = ["Acquisition", "Lock", "LockInfo", "unlink"]
 
 _HAS_VALUE = _posix.HAS_VALUE
 _PID_WORD = _state.PID_WORD
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 #: Default seconds between checks, while waiting, of whether the holder has died.
 RECOVERY_INTERVAL = 0.25
@@ -110,7 +104,7 @@ class Lock:
         True
     """
 
-    __slots__ = ("__weakref__", "_h", "_mode", "_name", "_recovery_interval")
+    __slots__ = ("__weakref__", "_core", "_name")
 
     def __init__(
         self,
@@ -122,14 +116,16 @@ class Lock:
         self._name = validate(name)
         if recovery_interval is not None and not recovery_interval > 0:
             raise ValueError(f"recovery_interval must be > 0 or None, not {recovery_interval!r}")
-        self._mode = mode
-        self._recovery_interval = recovery_interval
-        self._h: _handle.Handle | _handle.ClosedHandle = _handle.acquire_handle(name, mode)
+        self._core = LockCore(name, mode, recovery_interval)
 
     @property
     def name(self) -> str:
         """The name the lock was opened with."""
         return self._name
+
+    @property
+    def _h(self) -> _handle.Handle | _handle.ClosedHandle:
+        return self._core.h
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquire the lock, as ``multiprocessing.Lock.acquire`` does.
@@ -148,7 +144,8 @@ class Lock:
             ValueError: *timeout* is NaN.
             OverflowError: *timeout* is an int too large for a float.
         """
-        h = self._h
+        core = self._core
+        h = core.h
         if block is not True or timeout is not None:  # not the default call
             # Check the arguments (normalize_timeout), unless they are the usual valid
             # ones: block=False, or a positive float or int timeout (NaN is not > 0.0).
@@ -170,60 +167,10 @@ class Lock:
             return True
         if not block:
             return False
-        return self._wait(Deadline.after(timeout), None)
-
-    def _wait(self, deadline: Deadline, cancelled: Callable[[], bool] | None) -> bool:
-        """The blocking part of acquire, warning if it took over a dead holder's lock."""
-        got, takeover = self._wait_quietly(deadline, cancelled)
+        got, takeover = core.wait(Deadline.after(timeout), None)
         if takeover is not None:
-            self._warn_abandoned(takeover)
+            core.warn_abandoned(takeover)
         return got
-
-    def _wait_quietly(
-        self, deadline: Deadline, cancelled: Callable[[], bool] | None
-    ) -> tuple[bool, _handle.Takeover | None]:
-        """Wait in slices until taken, expired or *cancelled*; say if a dead holder's was.
-
-        Returns ``(acquired, takeover)``; ``takeover`` is set when the acquisition took
-        over the lock of a holder that died, so that the caller can tell its user.
-        """
-        interval = self._recovery_interval
-        check_at = time.monotonic() + interval if interval is not None else None
-        while True:
-            h = self._h  # each slice: a close() from another thread ends the wait
-            if h.take(deadline.slice()) is not None:
-                return True, None
-            if cancelled is not None and cancelled():
-                return False, None
-            h.settle()  # a section whose writer died, an acquisition that nobody owns
-            now = time.monotonic()
-            if check_at is not None and now >= check_at:
-                check_at = now + interval  # type: ignore[operator]
-                takeover = h.recover()
-                if takeover is not None:
-                    return True, takeover if takeover.dead_pid else None
-            if deadline.expired(now=now):
-                return False, None
-
-    def _warn_abandoned(self, takeover: _handle.Takeover) -> None:
-        """Issue the ``AbandonedLockWarning`` of a takeover; release if it raises.
-
-        The warning points at the first line outside aplock: the user's ``acquire()``,
-        ``with lock:``, ``async with`` or ``Once(...).run()``.
-        """
-        stacklevel = 1
-        frame = sys._getframe(0)
-        while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-            frame = frame.f_back  # type: ignore[assignment]
-            stacklevel += 1
-        try:
-            warnings.warn(
-                AbandonedLockWarning(self._name, takeover.dead_pid, takeover.dead_generation),
-                stacklevel=stacklevel,
-            )
-        except BaseException:
-            self.release()  # warnings turned into errors: the caller does not hold it
-            raise
 
     def release(self) -> None:
         """Release the lock. Any thread or process may release it.
@@ -231,11 +178,11 @@ class Lock:
         Raises:
             LockNotHeldError: (a ``ValueError``) nobody holds the lock.
         """
-        self._h.release()
+        self._core.h.release()
 
     def locked(self) -> bool:
         """Whether some thread or process holds the lock now."""
-        return self._h.locked()
+        return self._core.h.locked()
 
     @property
     def acquisition(self) -> Acquisition | None:
@@ -243,7 +190,7 @@ class Lock:
 
         Read it while you hold the lock: it is then your acquisition.
         """
-        h = self._h
+        h = self._core.h
         if not h.locked():
             return None
         snap = h.snapshot()
@@ -261,11 +208,11 @@ class Lock:
         Raises:
             LockNotHeldError: nobody holds the lock.
         """
-        self._h.hand_off(None if pid is None else identity_of(pid))
+        self._core.h.hand_off(None if pid is None else identity_of(pid))
 
     def info(self) -> LockInfo:
         """A snapshot of the lock's state: holder, whether it is alive, generation."""
-        h = self._h
+        h = self._core.h
         snap = h.snapshot()
         locked = h.locked()
         pid = snap.pid if locked and snap.pid != 0 else None
@@ -279,13 +226,12 @@ class Lock:
         Closing does not release the lock. Using the object afterwards raises
         ``LockClosedError``. Idempotent.
         """
-        if isinstance(self._h, _handle.Handle):
-            self._h = _handle.ClosedHandle(self._name)
+        self._core.close()
 
     @property
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
-        return isinstance(self._h, _handle.ClosedHandle)
+        return isinstance(self._core.h, _handle.ClosedHandle)
 
     def unlink(self) -> bool:
         """Remove the lock's OS objects (see ``aplock.unlink``)."""
@@ -304,10 +250,11 @@ class Lock:
         self.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self._name, self._mode, self._recovery_interval))
+        core = self._core
+        return (_rebuild, (self._name, core.mode, core.recovery_interval))
 
     def __repr__(self) -> str:
-        h = self._h
+        h = self._core.h
         if isinstance(h, _handle.ClosedHandle):
             return f"<aplock.Lock {self._name!r} closed>"
         snap = h.snapshot()

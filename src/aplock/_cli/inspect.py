@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from aplock import _names
+from aplock._core import core_of
 from aplock._posix import ipc as _posix
 from aplock._posix import record as _state
 from aplock._posix.identity import is_proven_dead
@@ -263,7 +264,7 @@ def repair(name: str, observe: float) -> bool:
     """Free the stuck lock *name* if it stays stuck for *observe* seconds."""
     lock = Lock(name)
     try:
-        return lock._h.repair_stuck(observe)
+        return core_of(lock).repair(observe)
     finally:
         lock.close()
 

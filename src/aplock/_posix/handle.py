@@ -57,9 +57,9 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
+from aplock._core import Takeover
 from aplock._names import PosixNames, posix_names
 from aplock.errors import LockClosedError, LockError, LockNotHeldError, LockPermissionError
 
@@ -119,15 +119,6 @@ class Intent:
 # The intent words, for steps that must not make a call (see ``_free_if_current``).
 _RELEASE, _GIVE_BACK, _HAND_OFF = Intent.RELEASE, Intent.GIVE_BACK, Intent.HAND_OFF
 _TAKING, _TOOK = Intent.TAKING, Intent.TOOK
-
-
-@dataclass(frozen=True, slots=True)
-class Takeover:
-    """The result of recovering a dead holder's lock."""
-
-    generation: int
-    dead_pid: int
-    dead_generation: int
 
 
 class Handle:
