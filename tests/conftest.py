@@ -126,7 +126,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object
 def dsn() -> str:
     """The PostgreSQL test server's connection string (skips, or fails when
     ``APLOCK_REQUIRE_POSTGRES`` is set, without one)."""
-    from . import pg_helpers
+    from tests.support import pg_helpers
 
     return pg_helpers.require_server()
 
@@ -134,6 +134,6 @@ def dsn() -> str:
 @pytest.fixture
 def pg(dsn: str) -> Iterator[tuple[str, Any]]:
     """A fresh lock name and an admin connection; no session may hold the lock after."""
-    from . import pg_helpers
+    from tests.support import pg_helpers
 
     yield from pg_helpers.name_and_admin(dsn)
