@@ -14,6 +14,7 @@ from ._names import posix_names, validate
 from ._posix import handle as _handle
 from ._posix import ipc as _posix
 from ._posix import record as _state
+from ._posix import registry as _registry
 from ._posix.identity import identity_of, judge
 from ._posix.lock import LockCore
 
@@ -124,7 +125,7 @@ class Lock:
         return self._name
 
     @property
-    def _h(self) -> _handle.Handle | _handle.ClosedHandle:
+    def _h(self) -> _handle.Handle | _registry.ClosedHandle:
         return self._core.h
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
@@ -231,7 +232,7 @@ class Lock:
     @property
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
-        return isinstance(self._core.h, _handle.ClosedHandle)
+        return self._core.closed
 
     def unlink(self) -> bool:
         """Remove the lock's OS objects (see ``aplock.unlink``)."""
@@ -255,7 +256,7 @@ class Lock:
 
     def __repr__(self) -> str:
         h = self._core.h
-        if isinstance(h, _handle.ClosedHandle):
+        if self._core.closed:
             return f"<aplock.Lock {self._name!r} closed>"
         snap = h.snapshot()
         if not h.locked():
@@ -283,5 +284,5 @@ def unlink(name: str) -> bool:
     """
     names = posix_names(validate(name), short=_posix.SHORT_NAMES)
     # New objects in this process must open the new lock, as other processes will.
-    _handle.forget_handle(name)
+    _registry.forget_handle(name)
     return _posix.unlink(name, names)

@@ -14,6 +14,7 @@ import pytest
 import aplock
 from aplock import _names
 from aplock._posix import handle as _handle
+from aplock._posix import registry as _registry
 from tests.support import workers
 from tests.support.procs import FORK, SPAWN, running
 
@@ -237,10 +238,10 @@ def test_handle_closes_with_last_user(lock_name: str) -> None:
     assert isinstance(a._h, _handle.Handle)
     handle = weakref.ref(a._h)
     a.close()
-    assert handle() in _handle.open_handles()
+    assert handle() in _registry.open_handles()
     b.close()
     assert handle() is None, "the OS handle outlived its last user"
-    assert not [h for h in _handle.open_handles() if h.name == lock_name]
+    assert not [h for h in _registry.open_handles() if h.name == lock_name]
     c = aplock.Lock(lock_name)
     with c:
         pass

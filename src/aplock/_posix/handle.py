@@ -1,52 +1,8 @@
 """This process's single handle on a named lock, and the protocol that makes it safe.
 
-One lock is three OS objects: the lock semaphore ``L`` (1 when free), the token
-semaphore ``H`` (1 while an acquisition is complete) and the state record ``R``.
-Invariant: ``L + H <= 1``, so no two holders can ever exist, whatever users do.
-
-- acquire:  wait ``L`` -> write ``R`` (one call) -> post ``H``
-- release, own acquisition (``R.key`` is this process's key): trywait ``H`` -> clear
-  ``R.pid`` -> post ``L``, with no guard. Any other release takes the guard and does
-  the same steps as an intent (below): exactly one racing releaser gets ``H``; the rest
-  get ``LockNotHeldError``.
-- give back (an acquire interrupted by a signal handler's exception): if ``R``'s
-  generation is unchanged, post ``L``; else mark its generation owed in ``R`` (one
-  store) and, under the guard, trywait ``H`` and free the lock only if ``R`` still holds
-  that generation. A waiter that finds the current generation owed does the same (a
-  second handler's exception cut the give-back short).
-- recover:  under the guard, when ``R`` names a holder proven dead and ``H`` is posted:
-  write ourselves into ``R`` (one call). ``L`` and ``H`` stay as they are: the dead
-  holder's acquisition becomes ours.
-- hand off: under the guard, take ``H``, rewrite the holder in ``R``, post ``H``.
-  The holder it records has key 0: no process takes the unguarded path for it.
-
-**Intents.** Every guarded section that takes ``H`` first writes an intent into ``R``
-(its kind, the generation it works on, phase ``TAKING``) and, once ``H`` is its own,
-phase ``TOOK``; it clears the intent after its last step. The kernel drops the guard
-of a dead process, so whoever next holds the guard and finds an intent knows that its
-writer is gone, and finishes the section (``_settle_intent``): a waiter does so within
-a slice. A release that reached ``TOOK`` is finished (it happened); anything short of
-that is undone (``H`` goes back). One instant is ambiguous: a writer killed right after
-its trywait of ``H`` returned, before it stored ``TOOK``, while the recorded holder's own
-process may be releasing through the unguarded path. Then only the recorded holder's
-process settles it (or anyone, once that process has died); until then the lock is
-held by that live holder, which can always release it.
-
-Every uncontended step is a userspace atomic in glibc: no system call, no guard. The
-guard (``_posix.Guard``) serializes only the rare paths: recovery, hand-off, release by a
-process other than the recorded holder, a release that found ``H`` busy, and the
-settling of intents and owed acquisitions.
-
-A signal handler's exception can surface after any call: ``try_take`` and ``take`` say
-how each instant is undone, with no call in between for a second handler to interrupt.
-A process dies *between* two of these steps only in a window of a few bytecodes (see
-``docs/concepts.md``). If it dies after writing ``R`` and before the matching step on
-the other semaphore, ``R`` names it, ``H`` and ``L`` are both 0, and no live process is
-mid-operation (intents are settled first); a waiter that sees that state unchanged for
-``STUCK_AFTER`` seconds repairs it. A process killed between taking ``L`` and writing
-``R``, or between clearing ``R.pid`` and posting ``L``, leaves the lock taken by
-nobody: the one state that no waiter may repair (a live process could be paused right
-there), which ``aplock repair`` frees.
+The protocol (the three OS objects, each step, intents, the windows a kill can hit) is
+described in the package's docstring, ``aplock._posix``; the model in ``model/``
+mirrors the methods here.
 """
 
 from __future__ import annotations
@@ -57,15 +13,15 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
 
 from aplock._core import Takeover
 from aplock._names import PosixNames, posix_names
-from aplock.errors import LockClosedError, LockError, LockNotHeldError, LockPermissionError
+from aplock.errors import LockError, LockNotHeldError, LockPermissionError
 
 from . import ipc as _posix
 from . import record as _state
 from .identity import Identity, identity, is_proven_dead
+from .record import Intent
 
 #: Default permission bits of a lock's OS objects: only this user may open them.
 DEFAULT_MODE = 0o600
@@ -87,33 +43,6 @@ _BusyError = _posix.BusyError
 _SignalError = _posix.SignalError
 _HAS_VALUE = _posix.HAS_VALUE
 _now = time.time
-
-
-class Intent:
-    """The values of ``R.intent``: ``kind | phase | generation << 8``.
-
-    Kinds: ``RELEASE`` frees the current acquisition; ``GIVE_BACK`` frees acquisition
-    *generation* if it is still current and otherwise puts back the token it took;
-    ``HAND_OFF`` rewrites the holder of acquisition *generation* and puts the token back.
-    Phases: ``TAKING``, the writer is about to trywait ``H`` (*generation* is a hint);
-    ``TOOK``, ``H`` is the writer's (*generation* is the acquisition it belongs to).
-    """
-
-    RELEASE = 1
-    GIVE_BACK = 2
-    HAND_OFF = 3
-    TAKING = 0x10
-    TOOK = 0x20
-
-    @staticmethod
-    def encode(kind: int, phase: int, generation: int) -> int:
-        """The record word for *kind* in *phase* on *generation*."""
-        return kind | phase | generation << 8
-
-    @staticmethod
-    def decode(word: int) -> tuple[int, int, int]:
-        """``(kind, phase, generation)`` of a record word."""
-        return word & 0x0F, word & 0xF0, word >> 8
 
 
 # The intent words, for steps that must not make a call (see ``_free_if_current``).
@@ -665,72 +594,3 @@ class Handle:
             self.guard = _posix.FailedGuard(exc)
         else:
             self.guard = _posix.Guard(self.name, self.guard_fd)
-
-
-class ClosedHandle:
-    """Stands in for the handle of a closed lock: any use raises ``LockClosedError``."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        raise LockClosedError(
-            self.name, "this object was closed; create a new aplock.Lock(name) to use it again"
-        )
-
-
-#: One handle per name per process: it stays registered, and open, for as long as
-#: anything uses it (lock objects, or a thread still waiting on it).
-_registry: weakref.WeakValueDictionary[str, Handle] = weakref.WeakValueDictionary()
-_registry_lock = threading.Lock()
-
-
-def acquire_handle(name: str, mode: int) -> Handle:
-    """This process's handle for *name*, opened on first use."""
-    with _registry_lock:
-        handle = _registry.get(name)
-        if handle is None:
-            handle = Handle(name, mode)
-            _registry[name] = handle
-        return handle
-
-
-def forget_handle(name: str) -> None:
-    """Let the next ``acquire_handle(name)`` open the OS objects anew (after an unlink).
-
-    Objects that use the old handle keep it, as other processes keep theirs.
-    """
-    with _registry_lock:
-        _registry.pop(name, None)
-
-
-def open_handles() -> list[Handle]:
-    """The handles open in this process."""
-    with _registry_lock:
-        return list(_registry.values())
-
-
-# The hooks look the registry lock up when they run: a child replaces it with a new one,
-# and the one it inherited (taken by ``_before_fork``) is never released.
-def _before_fork() -> None:
-    _registry_lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _registry_lock.release()
-
-
-def _after_fork_in_child() -> None:
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    for handle in _registry.values():
-        handle.reset_after_fork()
-
-
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    after_in_child=_after_fork_in_child,
-)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from aplock._core import Takeover, warn_abandoned
 
-from .handle import ClosedHandle, Handle, acquire_handle
+from .handle import Handle
+from .registry import ClosedHandle, acquire_handle
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -90,6 +91,11 @@ class LockCore:
     def for_waiter(self) -> LockCore:
         """A core of its own on the same handle, for a thread that waits for others."""
         return LockCore(self._name, self._mode, self.recovery_interval)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return isinstance(self.h, ClosedHandle)
 
     def close(self) -> None:
         """Stop using the handle; later calls raise ``LockClosedError``."""

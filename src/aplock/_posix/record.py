@@ -26,8 +26,8 @@ Only the process that owns the lock's token writes ``generation`` .. ``pid``, an
 them with one call (the holder's four words are one 32-byte copy, ``IDENTITY``): a
 reader that sees the token posted sees the whole acquisition (see ``_handle``). A
 take-over writes them together with the recovery fields, in one call as well.
-``intent`` is written and read only under the guard (``_handle.Intent`` says what each
-value means).
+``intent`` is written and read only under the guard (``Intent`` says what each value
+means).
 """
 
 from __future__ import annotations
@@ -144,3 +144,30 @@ def read_name(buf: ReadableBuffer) -> str:
     length = min(length, NAME_MAX_BYTES)
     raw = bytes(memoryview(buf)[NAME_OFFSET : NAME_OFFSET + length])
     return raw.decode("utf-8", "surrogatepass")
+
+
+class Intent:
+    """The values of ``R.intent``: ``kind | phase | generation << 8``.
+
+    Kinds: ``RELEASE`` frees the current acquisition; ``GIVE_BACK`` frees acquisition
+    *generation* if it is still current and otherwise puts back the token it took;
+    ``HAND_OFF`` rewrites the holder of acquisition *generation* and puts the token back.
+    Phases: ``TAKING``, the writer is about to trywait ``H`` (*generation* is a hint);
+    ``TOOK``, ``H`` is the writer's (*generation* is the acquisition it belongs to).
+    """
+
+    RELEASE = 1
+    GIVE_BACK = 2
+    HAND_OFF = 3
+    TAKING = 0x10
+    TOOK = 0x20
+
+    @staticmethod
+    def encode(kind: int, phase: int, generation: int) -> int:
+        """The record word for *kind* in *phase* on *generation*."""
+        return kind | phase | generation << 8
+
+    @staticmethod
+    def decode(word: int) -> tuple[int, int, int]:
+        """``(kind, phase, generation)`` of a record word."""
+        return word & 0x0F, word & 0xF0, word >> 8
