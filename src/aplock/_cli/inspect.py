@@ -25,11 +25,11 @@ from typing import Any
 
 from aplock import _names
 from aplock._core import core_of
+from aplock._filemarker import MARKER_INFIX, FileMarker
 from aplock._posix import ipc as _posix
 from aplock._posix import record as _state
 from aplock._posix.identity import is_proven_dead
 from aplock.errors import LockPermissionError, LockUnavailableError
-from aplock.startup import _MARKER_INFIX, FileMarker
 from aplock.sync import Lock
 
 
@@ -276,7 +276,7 @@ def marker_files(lock: HostLock) -> list[str]:
     a directory of the user's choice (``FileMarker(directory)``) are not found.
     """
     directory = FileMarker().directory
-    prefix = f"{lock.base}{_MARKER_INFIX}"
+    prefix = f"{lock.base}{MARKER_INFIX}"
     try:
         entries = os.listdir(directory)
     except OSError:
