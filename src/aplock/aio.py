@@ -141,6 +141,15 @@ class AsyncLock:
         """See ``Lock.info``."""
         return self._lock.info()
 
+    def close(self) -> None:
+        """Close the ``Lock`` this shares (see ``Lock.close``); the lock is not released."""
+        self._lock.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (on this object or on its ``Lock``)."""
+        return self._lock.closed
+
     def statistics(self) -> AsyncLockStatistics:
         """Whether the lock is held, and how many tasks of the current event loop wait."""
         return AsyncLockStatistics(self.locked(), _gate.gate_for(core_of(self._lock)).waiting)
