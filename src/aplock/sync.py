@@ -105,7 +105,7 @@ class Lock:
         True
     """
 
-    __slots__ = ("__weakref__", "_core", "_name")
+    __slots__ = ("__weakref__", "_core", "_h", "_name")
 
     def __init__(
         self,
@@ -117,16 +117,14 @@ class Lock:
         self._name = validate(name)
         if recovery_interval is not None and not recovery_interval > 0:
             raise ValueError(f"recovery_interval must be > 0 or None, not {recovery_interval!r}")
-        self._core = LockCore(name, mode, recovery_interval)
+        self._core = core = LockCore(name, mode, recovery_interval)
+        #: The core's handle, kept here too for the uncontended path (see ``close``).
+        self._h: _handle.Handle | _registry.ClosedHandle = core.h
 
     @property
     def name(self) -> str:
         """The name the lock was opened with."""
         return self._name
-
-    @property
-    def _h(self) -> _handle.Handle | _registry.ClosedHandle:
-        return self._core.h
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquire the lock, as ``multiprocessing.Lock.acquire`` does.
@@ -145,8 +143,7 @@ class Lock:
             ValueError: *timeout* is NaN.
             OverflowError: *timeout* is an int too large for a float.
         """
-        core = self._core
-        h = core.h
+        h = self._h
         if block is not True or timeout is not None:  # not the default call
             # Check the arguments (normalize_timeout), unless they are the usual valid
             # ones: block=False, or a positive float or int timeout (NaN is not > 0.0).
@@ -168,6 +165,7 @@ class Lock:
             return True
         if not block:
             return False
+        core = self._core
         got, takeover = core.wait(Deadline.after(timeout), None)
         if takeover is not None:
             core.warn_abandoned(takeover)
@@ -179,11 +177,11 @@ class Lock:
         Raises:
             LockNotHeldError: (a ``ValueError``) nobody holds the lock.
         """
-        self._core.h.release()
+        self._h.release()
 
     def locked(self) -> bool:
         """Whether some thread or process holds the lock now."""
-        return self._core.h.locked()
+        return self._h.locked()
 
     @property
     def acquisition(self) -> Acquisition | None:
@@ -191,7 +189,7 @@ class Lock:
 
         Read it while you hold the lock: it is then your acquisition.
         """
-        h = self._core.h
+        h = self._h
         if not h.locked():
             return None
         snap = h.snapshot()
@@ -209,11 +207,11 @@ class Lock:
         Raises:
             LockNotHeldError: nobody holds the lock.
         """
-        self._core.h.hand_off(None if pid is None else identity_of(pid))
+        self._h.hand_off(None if pid is None else identity_of(pid))
 
     def info(self) -> LockInfo:
         """A snapshot of the lock's state: holder, whether it is alive, generation."""
-        h = self._core.h
+        h = self._h
         snap = h.snapshot()
         locked = h.locked()
         pid = snap.pid if locked and snap.pid != 0 else None
@@ -227,7 +225,9 @@ class Lock:
         Closing does not release the lock. Using the object afterwards raises
         ``LockClosedError``. Idempotent.
         """
-        self._core.close()
+        core = self._core
+        core.close()
+        self._h = core.h
 
     @property
     def closed(self) -> bool:
@@ -255,7 +255,7 @@ class Lock:
         return (_rebuild, (self._name, core.mode, core.recovery_interval))
 
     def __repr__(self) -> str:
-        h = self._core.h
+        h = self._h
         if self._core.closed:
             return f"<aplock.Lock {self._name!r} closed>"
         snap = h.snapshot()
