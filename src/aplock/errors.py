@@ -10,6 +10,8 @@ from ``aplock`` and from here; the module where users meet one re-exports it too
         ├── LockNotHeldError          + ValueError: release() of a lock nobody holds (on
         │                             PostgreSQL: that this object does not hold)
         ├── LockClosedError           + RuntimeError: use after close()
+        ├── LockKindError             .kind, .wanted: the name is another kind of object
+        │                             (a lock opened as a semaphore, or the reverse)
         ├── LockPermissionError       + PermissionError: the OS objects belong to someone else
         ├── LockUnavailableError      + OSError: /dev/shm missing or full, no handles left;
         │                             the PostgreSQL server unreachable or refusing
@@ -32,6 +34,7 @@ __all__ = [
     "AbandonedLockWarning",
     "LockClosedError",
     "LockError",
+    "LockKindError",
     "LockLostError",
     "LockNotHeldError",
     "LockPermissionError",
@@ -70,6 +73,40 @@ class LockNotHeldError(LockError, ValueError):
 
 class LockClosedError(LockError, RuntimeError):
     """The lock object was used after ``close()``."""
+
+
+#: The class that opens each kind of object, for messages.
+_CLASS_OF_KIND = {
+    "lock": "aplock.Lock",
+    "semaphore": "aplock.Semaphore",
+    "bounded semaphore": "aplock.BoundedSemaphore",
+}
+
+
+class LockKindError(LockError):
+    """The name belongs to another kind of object than the one this call opens.
+
+    A name is one kind of object: a lock, a semaphore or a bounded semaphore. Opening a
+    lock's name as a semaphore, or the reverse, raises this.
+
+    Attributes:
+        kind: what the name is (``"lock"``, ``"semaphore"``, ``"bounded semaphore"``).
+        wanted: what this call tried to open it as.
+    """
+
+    def __init__(self, name: str, kind: str, wanted: str) -> None:
+        self.kind = kind
+        self.wanted = wanted
+        opener = _CLASS_OF_KIND.get(kind)
+        how = f"open it with {opener}({name!r}), or " if opener else ""
+        super().__init__(
+            name,
+            f"it is a {kind}, not a {wanted}: a name is one kind of object; {how}choose "
+            f"another name for the {wanted}",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.kind, self.wanted))
 
 
 class _OSLockError(LockError, OSError):

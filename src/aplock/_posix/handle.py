@@ -16,7 +16,7 @@ import weakref
 
 from aplock._core import Takeover
 from aplock._names import PosixNames, posix_names
-from aplock.errors import LockError, LockNotHeldError, LockPermissionError
+from aplock.errors import LockError, LockKindError, LockNotHeldError, LockPermissionError
 
 from . import ipc as _posix
 from . import record as _state
@@ -86,8 +86,22 @@ class Handle:
                     f"its OS objects belong to uid {owner}, not to this user; use another "
                     "name, or pass the mode the owner shared it with (e.g. mode=0o666)",
                 )
+            self.guard_fd = _posix.open_guard(name, self.fd, self.names.base, mode)
+            undo.callback(os.close, self.guard_fd)
+            self.guard: _posix.Guard | _posix.FailedGuard = _posix.Guard(name, self.guard_fd)
             version = _state.layout(self.mm)
-            if version not in (0, _state.VERSION):
+            if version == 0:
+                # A new name: claim it for a lock, under the guard (a semaphore may race).
+                with self.guard.held():
+                    if _state.layout(self.mm) == 0:
+                        raw = _state.encode_name(name)
+                        self.mm[_state.NAME_OFFSET : _state.NAME_OFFSET + len(raw)] = raw
+                        _state.NAME_LEN.pack_into(self.mm, _state.NAME_LEN_OFFSET, len(raw))
+                        _state.GENERATION.pack_into(self.mm, 0, _state.VERSION)
+                    version = _state.layout(self.mm)
+            if version == _state.SEMAPHORE_LAYOUT:
+                raise LockKindError(name, _state.kind(self.mm), _state.LOCK_KIND)
+            if version != _state.VERSION:
                 raise LockError(
                     name,
                     f"its state record has layout version {version}, written by another "
@@ -98,14 +112,7 @@ class Handle:
             undo.callback(self.sem.close)
             self.token = _posix.open_semaphore(name, self.names.token, mode, 0)
             undo.callback(self.token.close)
-            self.guard_fd = _posix.open_guard(name, self.fd, self.names.base, mode)
             undo.pop_all()
-        if _state.NAME_LEN.unpack_from(self.mm, _state.NAME_LEN_OFFSET)[0] == 0:
-            raw = _state.encode_name(name)
-            self.mm[_state.NAME_OFFSET : _state.NAME_OFFSET + len(raw)] = raw
-            _state.NAME_LEN.pack_into(self.mm, _state.NAME_LEN_OFFSET, len(raw))
-            _state.GENERATION.pack_into(self.mm, 0, _state.VERSION)
-        self.guard: _posix.Guard | _posix.FailedGuard = _posix.Guard(name, self.guard_fd)
         #: The record as 64-bit words: one aligned store per field on the hot path.
         self.words = memoryview(self.mm).cast("q")
         self._remember_identity()

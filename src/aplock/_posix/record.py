@@ -123,6 +123,30 @@ def layout(buf: ReadableBuffer) -> int:
     return int(version)
 
 
+#: The layout word of a semaphore's record (``aplock._posix.slots``). A lock refuses it,
+#: and so does a release of aplock that knows only locks (to it, an unknown layout).
+SEMAPHORE_LAYOUT = 0x53454D41_00000001
+#: Where a semaphore's record says which semaphore it is (``SEMAPHORE_KINDS``).
+SEMAPHORE_KIND_OFFSET = 8
+SEMAPHORE_KINDS = {1: "semaphore", 2: "bounded semaphore"}
+LOCK_KIND = "lock"
+
+
+def kind(buf: ReadableBuffer) -> str:
+    """What a record holds: ``"lock"``, ``"semaphore"``, ``"bounded semaphore"``, ``""``.
+
+    ``""`` is a record that no opener has claimed yet (its layout word is still 0); any
+    other layout is ``"unknown"``. Claims are made under the guard, layout word last.
+    """
+    version = layout(buf)
+    if version == VERSION:
+        return LOCK_KIND
+    if version == SEMAPHORE_LAYOUT:
+        (word,) = GENERATION.unpack_from(buf, SEMAPHORE_KIND_OFFSET)
+        return SEMAPHORE_KINDS.get(word, "unknown")
+    return "" if version == 0 else "unknown"
+
+
 def pack_identity(who: Identity) -> bytes:
     """*who* as the holder's words of the record (see ``FAST_HOLD``)."""
     return IDENTITY.pack(who.start, who.ns, who.key, who.pid)
