@@ -2,6 +2,8 @@
 
 ``Lock(name)`` is a ``multiprocessing.Lock`` that unrelated processes open by name;
 ``AsyncLock(name)`` is the same lock for ``async with`` under asyncio and Trio.
+``Semaphore(name, value)`` and ``BoundedSemaphore(name, value)`` are the counting
+semaphores of ``multiprocessing`` by name, and ``AsyncSemaphore`` their async twin.
 
 The async names load on first use, so that ``import aplock`` in sync code imports
 neither asyncio nor AnyIO.
@@ -15,6 +17,7 @@ from .errors import (
     AbandonedLockWarning,
     LockClosedError,
     LockError,
+    LockKindError,
     LockLostError,
     LockNotHeldError,
     LockPermissionError,
@@ -22,11 +25,12 @@ from .errors import (
     LockWarning,
     OnceTimeoutError,
 )
+from .semaphore import BoundedSemaphore, PermitHolder, Semaphore, SemaphoreInfo
 from .startup import AsyncOnce, Once
 from .sync import Acquisition, Lock, LockInfo, unlink
 
 if _typing.TYPE_CHECKING:
-    from .aio import AsyncLock, AsyncLockStatistics
+    from .aio import AsyncLock, AsyncLockStatistics, AsyncSemaphore
 
 __all__ = [
     "AbandonedLockWarning",
@@ -34,10 +38,13 @@ __all__ = [
     "AsyncLock",
     "AsyncLockStatistics",
     "AsyncOnce",
+    "AsyncSemaphore",
+    "BoundedSemaphore",
     "Lock",
     "LockClosedError",
     "LockError",
     "LockInfo",
+    "LockKindError",
     "LockLostError",
     "LockNotHeldError",
     "LockPermissionError",
@@ -45,12 +52,15 @@ __all__ = [
     "LockWarning",
     "Once",
     "OnceTimeoutError",
+    "PermitHolder",
+    "Semaphore",
+    "SemaphoreInfo",
     "__version__",
     "unlink",
 ]
 
 #: The names that import a module of their own, with AnyIO, on first access.
-_LAZY = {"AsyncLock": "aio", "AsyncLockStatistics": "aio"}
+_LAZY = {"AsyncLock": "aio", "AsyncLockStatistics": "aio", "AsyncSemaphore": "aio"}
 
 if not _typing.TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
 

@@ -1,9 +1,10 @@
-"""``aplock.AsyncLock``: the cross-process lock for ``async with``, on asyncio and Trio.
+"""``aplock.AsyncLock`` and ``AsyncSemaphore``: for ``async with``, on asyncio and Trio.
 
-Written once on AnyIO. It composes a sync ``Lock`` (sharing the process's one OS handle
-for the name) and waits through the gates of ``aplock._gate``: no thread for a free
-lock, one waiting thread per lock per event loop (FIFO among that loop's tasks),
-cancellation that never leaks the lock, prompt shutdown.
+Written once on AnyIO. Each composes its sync twin, a ``Lock`` or a ``Semaphore``
+(sharing the process's one OS handle for the name), and waits through the gates of
+``aplock._gate``: no thread for a free lock or permit, one waiting thread per primitive
+per event loop (FIFO among that loop's tasks), cancellation that never leaks an
+acquisition, prompt shutdown.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from . import _gate
 from ._core import core_of
 from ._deadline import normalize_timeout
 from ._posix.handle import DEFAULT_MODE
+from .semaphore import Semaphore, SemaphoreInfo, check_value
 from .sync import RECOVERY_INTERVAL, Acquisition, Lock, LockInfo
 
 if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-__all__ = ["AsyncLock", "AsyncLockStatistics"]
+__all__ = ["AsyncLock", "AsyncLockStatistics", "AsyncSemaphore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +173,140 @@ class AsyncLock:
 
     def __repr__(self) -> str:
         return repr(self._lock).replace("<aplock.Lock", "<aplock.AsyncLock", 1)
+
+
+class AsyncSemaphore:
+    """A named counting semaphore for ``async with``, under asyncio and Trio alike.
+
+    ``AsyncSemaphore("x", 3)`` and ``Semaphore("x", 3)`` are the same semaphore; in one
+    process they share one OS handle. It waits as ``AsyncLock`` does: no thread for a
+    free permit, at most one waiting thread per semaphore per event loop (FIFO among that
+    loop's tasks), and outer cancellation never leaks a permit.
+
+    Args:
+        name_or_semaphore: a semaphore name, or a sync ``Semaphore`` (or
+            ``BoundedSemaphore``) to share.
+        value: as for ``Semaphore`` (checked, then ignored when a semaphore is given).
+        mode: as for ``Semaphore`` (ignored when a semaphore is given).
+        recovery_interval: as for ``Semaphore`` (ignored when a semaphore is given).
+
+    Examples:
+        >>> import anyio, aplock
+        >>> async def main() -> None:
+        ...     async with aplock.AsyncSemaphore("docs.async.pool", 2) as sem:
+        ...         print(sem.get_value())
+        >>> anyio.run(main)
+        1
+        >>> aplock.unlink("docs.async.pool")
+        True
+    """
+
+    __slots__ = ("_semaphore",)
+
+    def __init__(
+        self,
+        name_or_semaphore: str | Semaphore,
+        value: int = 1,
+        *,
+        mode: int = DEFAULT_MODE,
+        recovery_interval: float | None = RECOVERY_INTERVAL,
+    ) -> None:
+        if isinstance(name_or_semaphore, Semaphore):
+            check_value(value, "aplock.AsyncSemaphore", name_or_semaphore.name, 0)
+            self._semaphore = name_or_semaphore
+        else:
+            self._semaphore = Semaphore(
+                name_or_semaphore, value, mode=mode, recovery_interval=recovery_interval
+            )
+
+    @property
+    def semaphore(self) -> Semaphore:
+        """The sync semaphore this shares its cross-process handle with."""
+        return self._semaphore
+
+    @property
+    def name(self) -> str:
+        """The semaphore's name."""
+        return self._semaphore.name
+
+    @property
+    def value(self) -> int:
+        """The value the semaphore was created with."""
+        return self._semaphore.value
+
+    async def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take one permit; the meaning of *block* and *timeout* is ``Semaphore.acquire``'s.
+
+        Always a checkpoint: it yields to the event loop and raises if cancelled, even
+        when a permit is free.
+
+        Returns:
+            ``True`` if a permit was taken, ``False`` if the time ran out.
+
+        Raises:
+            TypeError: *block* is not a bool or int, or *timeout* is not a number
+                (checked on every call, before yielding).
+            ValueError: *timeout* is NaN.
+            OverflowError: *timeout* is an int too large for a float.
+        """
+        if block is True and timeout is None:
+            wait = None
+        else:
+            wait = normalize_timeout(block, timeout, "aplock.AsyncSemaphore", self.name)
+        return await _gate.acquire(core_of(self._semaphore), wait)
+
+    def acquire_nowait(self) -> None:
+        """Take one permit without waiting.
+
+        Raises:
+            anyio.WouldBlock: no permit is free.
+        """
+        if not self._semaphore.acquire(False):
+            raise WouldBlock
+
+    def release(self) -> None:
+        """Return one permit (synchronous, like ``asyncio.Semaphore.release``).
+
+        Raises:
+            LockNotHeldError: (a ``ValueError``) a bounded semaphore's permits are all free.
+        """
+        self._semaphore.release()
+
+    def get_value(self) -> int:
+        """The number of free permits now."""
+        return self._semaphore.get_value()
+
+    def info(self) -> SemaphoreInfo:
+        """See ``Semaphore.info``."""
+        return self._semaphore.info()
+
+    def close(self) -> None:
+        """Close the semaphore this shares (see ``Semaphore.close``); no permit is released."""
+        self._semaphore.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (on this object or on its semaphore)."""
+        return self._semaphore.closed
+
+    def unlink(self) -> bool:
+        """Remove the semaphore's OS objects (see ``aplock.unlink``)."""
+        return self._semaphore.unlink()
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AsyncSemaphore, (self._semaphore,))
+
+    def __repr__(self) -> str:
+        return repr(self._semaphore).replace("<aplock.", "<aplock.Async", 1)
