@@ -8,10 +8,12 @@
     model/run.sh --trail excl_reuse the counterexample, step by step
     model/run.sh --mutants [--mutant MUT_X]   seeded bugs against their checks
     model/run.sh --refs             are the model's code references still in src/aplock?
-    model/run.sh --refs --at mirrored   ... in the commit the model mirrors (MIRRORS)
+    model/run.sh --refs --at mirrored   ... in the commits the models mirror (MIRRORS,
+                                        SEMAPHORE_MIRRORS for semaphore.pml)
     model/run.sh --list             the checks
 
-Each check generates the verifier (spin -a), compiles it with the C compiler ($CC, cc
+Each check generates the verifier (spin -a) of its model (checks.tsv's optional seventh
+column: aplock.pml, the lock's, by default; semaphore.pml, the semaphore's), compiles it with the C compiler ($CC, cc
 by default; $CFLAGS, -O0 by default: the models are small and compiling dominates) and
 runs it: safety properties breadth-first (the counterexample found is a shortest one),
 liveness with weak fairness. The line says how many errors it found, how many states it
@@ -57,6 +59,7 @@ class Check:
     today: str
     tier: str
     what: str
+    main: str = MAIN
 
     @property
     def liveness(self) -> bool:
@@ -101,9 +104,17 @@ def load_checks() -> list[Check]:
     for raw in (MODEL / "checks.tsv").read_text().splitlines():
         if not raw.strip() or raw.startswith("#"):
             continue
-        name, prop, defines, today, tier, what = raw.split("\t")
+        name, prop, defines, today, tier, what, *model = raw.split("\t")
         checks.append(
-            Check(name, prop, tuple(d for d in defines.split(",") if d), today, tier, what)
+            Check(
+                name,
+                prop,
+                tuple(d for d in defines.split(",") if d),
+                today,
+                tier,
+                what,
+                model[0] if model else MAIN,
+            )
         )
     return checks
 
@@ -144,7 +155,7 @@ def run_check(
         work = Path(scratch)
         for pml in MODEL.glob("*.pml"):
             shutil.copy(pml, work)
-        made = _sh([spin, "-a", *defines, MAIN], work, timeout)
+        made = _sh([spin, "-a", *defines, check.main], work, timeout)
         if made.returncode != 0 or not (work / "pan.c").exists():
             raise RuntimeError(f"spin -a failed for {check.name}:\n{made.stdout}{made.stderr}")
         cflags = os.environ.get("CFLAGS", "-O0 -w").split()
@@ -166,12 +177,12 @@ def run_check(
         if "search not completed" in out or "max search depth too small" in out:
             message = "search incomplete (depth limit)"
         n_trail, steps, listing = 0, 0, []
-        trail_file = work / f"{MAIN}.trail"
+        trail_file = work / f"{check.main}.trail"
         if errors > 0 and trail_file.exists():
             n_trail = sum(
                 1 for row in trail_file.read_text().splitlines() if not row.startswith("-")
             )
-            replay = _sh([spin, "-t", "-p", *defines, MAIN], work, timeout)
+            replay = _sh([spin, "-t", "-p", *defines, check.main], work, timeout)
             listing = compact_trail(replay.stdout, work)
             steps = sum(1 for row in listing if row.strip()[:1].isdigit())
     expected = "-" if extra else check.today
@@ -204,9 +215,12 @@ def run_check(
 _SHARED = re.compile(
     r"\b(L|H|r_gen|r_pid|r_start|r_ns|r_owed|guard|deaths|alive\[me\]|up\[me\])\s*=[^=]"
     r"|\b(L|H|guard)\s*[<>=!]=?\s*\d|r_gen\b|r_pid\b|r_owed\b|s_gen = r_gen"
+    r"|\b(sl_pid|sl_dead|sl_gen|m_extra|m_gen|S)\b"
 )
 _STEP = re.compile(r"^\s*(\d+):\s+proc\s+(\d+) \((\w+):\d+\) (\S+?):(\d+) .*?\[(.*)\]\s*$")
-_REF = re.compile(r"/\*\s*((?:_handle|_process|sync|_posix)\.py:\d+ [\w.]+: .*?)\s*\*/")
+_REF = re.compile(
+    r"/\*\s*((?:_handle|_process|sync|_posix|_posix/\w+)\.py:\d+ [\w.]+: .*?)\s*\*/"
+)
 
 
 def _refs_by_line(work: Path) -> dict[str, dict[int, str]]:
@@ -242,7 +256,7 @@ def compact_trail(replay: str, work: Path) -> list[str]:
         if not match:
             continue
         number, proc, ptype, file, line, stmt = match.groups()
-        if ptype != "Proc" or killed == (number, proc):
+        if ptype not in ("Proc", "SProc") or killed == (number, proc):
             continue
         slot = int(proc) - 1  # proc 0 is init
         if stmt.startswith("deaths = "):
@@ -300,15 +314,17 @@ def _squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
-def mirrored_commit() -> str:
-    """The commit whose code the model mirrors (model/MIRRORS)."""
-    return (MODEL / "MIRRORS").read_text().split()[0]
+def mirrored_commit(pml: str = MAIN) -> str:
+    """The commit whose code a model file mirrors: model/SEMAPHORE_MIRRORS for the
+    semaphore's (semaphore*.pml), model/MIRRORS for the lock's."""
+    table = "SEMAPHORE_MIRRORS" if pml.startswith("semaphore") else "MIRRORS"
+    return (MODEL / table).read_text().split()[0]
 
 
 def sources_at(rev: str, into: Path) -> Path:
     """Write src/aplock of commit *rev* under *into*; the directory of its files."""
     listing = subprocess.run(
-        ["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{rev}:src/aplock"],
+        ["git", "-C", str(ROOT), "ls-tree", "-r", "--name-only", f"{rev}:src/aplock"],
         capture_output=True,
         text=True,
         check=True,
@@ -321,15 +337,17 @@ def sources_at(rev: str, into: Path) -> Path:
                 text=True,
                 check=True,
             )
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
             (into / name).write_text(shown.stdout)
     return into
 
 
-def stale_refs(sources: Path = SOURCES) -> list[str]:
-    """The model's code references whose code is no longer in the named function."""
+def stale_refs(sources: Path = SOURCES, pmls: list[Path] | None = None) -> list[str]:
+    """The code references of the model files *pmls* (all of them by default) whose code
+    is no longer in the named function."""
     problems: list[str] = []
     cache: dict[str, dict[str, str]] = {}
-    for pml in sorted(MODEL.glob("*.pml")):
+    for pml in pmls if pmls is not None else sorted(MODEL.glob("*.pml")):
         for number, text in enumerate(pml.read_text().splitlines(), start=1):
             for ref in _REF.finditer(text):
                 where, code = ref.group(1).split(": ", 1)
@@ -387,14 +405,19 @@ def run_mutants(
 def run_refs(at: str | None) -> int:
     """Print the stale code references (against src/aplock, or commit *at*)."""
     if at:
-        rev = mirrored_commit() if at == "mirrored" else at
-        with tempfile.TemporaryDirectory(prefix="aplock-model-src-") as scratch:
-            try:
-                problems = stale_refs(sources_at(rev, Path(scratch)))
-            except subprocess.CalledProcessError as exc:
-                print(f"cannot read commit {rev}: {exc.stderr.strip()}", file=sys.stderr)
-                return 2
-        where = f"commit {rev[:12]}"
+        by_rev: dict[str, list[Path]] = {}
+        for pml in sorted(MODEL.glob("*.pml")):
+            rev = mirrored_commit(pml.name) if at == "mirrored" else at
+            by_rev.setdefault(rev, []).append(pml)
+        problems = []
+        for rev, pmls in by_rev.items():
+            with tempfile.TemporaryDirectory(prefix="aplock-model-src-") as scratch:
+                try:
+                    problems += stale_refs(sources_at(rev, Path(scratch)), pmls)
+                except subprocess.CalledProcessError as exc:
+                    print(f"cannot read commit {rev}: {exc.stderr.strip()}", file=sys.stderr)
+                    return 2
+        where = "commit " + ", ".join(rev[:12] for rev in by_rev)
     else:
         problems, where = stale_refs(), "src/aplock"
     for problem in problems:
