@@ -1,10 +1,11 @@
-"""Host-wide inspection of aplock locks, for the ``aplock`` command (Linux).
+"""Host-wide inspection of aplock locks and semaphores, for the ``aplock`` command (Linux).
 
-Locks are found through their state records in ``/dev/shm``; the processes that have a
-lock open are found through ``/proc/<pid>/maps`` (every handle maps its record), so that
-``clean`` never removes a lock that a running process still uses: that process would
-keep the old objects while new openers got new ones, and the two would no longer
-exclude each other.
+Locks and semaphores are found through their state records in ``/dev/shm`` (the record
+says which kind it is; a semaphore's is read by ``aplock._posix.slots``); the processes
+that have one open are found through ``/proc/<pid>/maps`` (every handle maps its
+record), so that ``clean`` never removes one that a running process still uses: that
+process would keep the old objects while new openers got new ones, and the two would no
+longer exclude each other.
 
 Another user's lock (created with the default mode ``0o600``) is listed as *unreadable*
 with its owner's uid, and a record of another aplock release's layout as unreadable with
@@ -19,6 +20,7 @@ import dataclasses
 import mmap
 import os
 import stat
+import struct
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,23 +30,50 @@ from aplock._core import core_of
 from aplock._filemarker import MARKER_INFIX, FileMarker
 from aplock._posix import ipc as _posix
 from aplock._posix import record as _state
-from aplock._posix.identity import is_proven_dead
+from aplock._posix import slots as _slots
+from aplock._posix.identity import is_proven_dead, judge
 from aplock.errors import LockPermissionError, LockUnavailableError
+from aplock.semaphore import BoundedSemaphore, Semaphore
 from aplock.sync import Lock
+
+#: The kinds of object a record can hold, as ``HostLock.kind`` names them.
+LOCK = _state.LOCK_KIND
+SEMAPHORE_KINDS = frozenset(_slots.KIND_NAMES.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """One process holding a lock or a semaphore's permit.
+
+    Attributes:
+        pid: the holder's pid.
+        alive: whether it is alive (``False`` only on proof of death; ``None`` if it cannot
+            be told, e.g. a process of another pid namespace).
+        held_for: seconds since it acquired.
+        generation: the fencing token of its acquisition.
+    """
+
+    pid: int
+    alive: bool | None
+    held_for: float
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
 class HostLock:
-    """One lock found on this host.
+    """One lock or semaphore found on this host.
 
     Attributes:
         name: the user's name (from the record, or as looked up; '' if unknown).
         base: the POSIX base name of its objects.
         locked: whether it is held (``None`` if unknown: the semaphore is missing or
-            cannot be opened).
-        holder_pid: recorded holder (``None`` if none or unknown, ``-1`` if detached).
+            cannot be opened); for a semaphore, whether no permit is free (an
+            ``acquire()`` would wait), as ``asyncio.Semaphore.locked()`` means it.
+        holder_pid: recorded holder (``None`` if none or unknown, ``-1`` if detached);
+            always ``None`` for a semaphore, whose holders are in *holders*.
         holder_alive: whether the holder is alive (``None`` if unknown or no holder).
-        held_for: seconds since it was acquired (``None`` if free or unknown).
+        held_for: seconds since it was acquired (``None`` if free or unknown); for a
+            semaphore, since its oldest held permit was.
         generation: fencing token of the latest acquisition (``None`` if unreadable).
         recoveries: how many abandoned acquisitions were taken over (``None`` if
             unreadable).
@@ -56,6 +85,14 @@ class HostLock:
             lock with the default mode cannot be read, and a record of another aplock
             release's layout is not understood.
         layout: the layout version of its state record (``None`` if it cannot be read).
+        kind: ``"lock"``, ``"semaphore"`` or ``"bounded semaphore"`` (``""`` when its
+            record cannot be read).
+        value: a semaphore's value, the permits it was created with (``None`` for a lock).
+        free: a semaphore's free permits (``None`` for a lock); more than *value* after
+            extra releases of a ``Semaphore``.
+        holders: the processes that hold it: a lock's one holder, a semaphore's permit
+            holders, oldest first (a process that holds several permits appears once per
+            permit).
     """
 
     name: str
@@ -72,6 +109,15 @@ class HostLock:
     mode: int
     readable: bool = True
     layout: int | None = _state.VERSION
+    kind: str = LOCK
+    value: int | None = None
+    free: int | None = None
+    holders: tuple[Holder, ...] = ()
+
+    @property
+    def is_semaphore(self) -> bool:
+        """Whether it is a semaphore (of either kind)."""
+        return self.kind in SEMAPHORE_KINDS
 
     @property
     def removable(self) -> bool:
@@ -82,6 +128,7 @@ class HostLock:
         """A JSON-ready dict."""
         data = asdict(self)
         data["users"] = list(self.users)
+        data["holders"] = [asdict(holder) for holder in self.holders]
         data["removable"] = self.removable
         return data
 
@@ -114,6 +161,8 @@ def use_refusal(lock: HostLock) -> str | None:
             f"its mode {lock.mode:#o} lets other users open it, and only root sees their "
             "processes: clean it as root"
         )
+    if lock.is_semaphore:
+        return _semaphore_use_refusal(lock)
     if not lock.locked or lock.holder_alive is False:
         return None
     if lock.stuck:
@@ -125,6 +174,17 @@ def use_refusal(lock: HostLock) -> str | None:
     if lock.holder_alive:
         return f"held by live pid {lock.holder_pid}"
     return f"held by pid {lock.holder_pid}, which cannot be proven dead"
+
+
+def _semaphore_use_refusal(sem: HostLock) -> str | None:
+    """Why a semaphore nobody has open may not be removed: a holder not proven dead."""
+    live = sorted({h.pid for h in sem.holders if h.alive})
+    if live:
+        return f"permits held by live pid {', '.join(map(str, live))}"
+    unknown = sorted({h.pid for h in sem.holders if h.alive is None})
+    if unknown:
+        return f"permits held by pid {', '.join(map(str, unknown))}, which cannot be proven dead"
+    return None
 
 
 def _users() -> dict[str, list[int]]:
@@ -169,7 +229,9 @@ def _read_record(entry: str) -> tuple[os.stat_result, bytes | None] | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size < _state.SIZE:
             return None  # not sized yet by its creator
-        with mmap.mmap(fd, _state.SIZE, prot=mmap.PROT_READ) as mm:
+        # A lock's record is _state.SIZE bytes, a semaphore's _slots.SIZE: read either whole.
+        size = min(st.st_size, max(_state.SIZE, _slots.SIZE))
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm:
             return st, bytes(mm)
     except OSError:
         return None
@@ -185,11 +247,14 @@ def _lock_at(entry: str, users: dict[str, list[int]]) -> HostLock | None:
     base = _names.base_of_record(entry)
     opened = tuple(users.get(entry, ()))
     layout = None if raw is None else _state.layout(raw)
-    if raw is not None and layout in (0, _state.VERSION):
+    kind = None if raw is None else _state.kind(raw)
+    if raw is not None and (kind in SEMAPHORE_KINDS or layout in (0, _state.VERSION)):
         try:
+            if kind in SEMAPHORE_KINDS:
+                return _describe_semaphore(base, raw, opened, st)
             return _describe(base, raw, opened, st)
-        except (OSError, ValueError, OverflowError):
-            pass  # not what this release writes, whatever its version word says
+        except (OSError, ValueError, OverflowError, struct.error):
+            pass  # not what this release writes, whatever its layout word says
     return HostLock(
         "",
         base,
@@ -205,11 +270,13 @@ def _lock_at(entry: str, users: dict[str, list[int]]) -> HostLock | None:
         stat.S_IMODE(st.st_mode),
         readable=False,
         layout=layout,
+        kind="",
     )
 
 
 def scan() -> list[HostLock]:
-    """Every aplock lock on this host; those this user cannot read are marked so."""
+    """Every aplock lock and semaphore on this host; those this user cannot read are
+    marked so."""
     users = _users()
     found = []
     for entry in _posix.record_entries():
@@ -231,12 +298,11 @@ def _describe(base: str, raw: bytes, users: tuple[int, ...], st: os.stat_result)
     if pid is not None and pid > 0:
         alive = not is_proven_dead(snap.holder)
     held_for = max(time.time() - snap.acquired_at, 0.0) if locked and snap.pid else None
-    try:
-        name = _state.read_name(raw)
-    except ValueError:  # not written by aplock: undecodable
-        name = ""
+    holders: tuple[Holder, ...] = ()
+    if pid is not None and pid > 0 and held_for is not None:
+        holders = (Holder(pid, alive, held_for, snap.generation),)
     return HostLock(
-        name,
+        _name_in(raw),
         base,
         locked,
         pid,
@@ -248,7 +314,47 @@ def _describe(base: str, raw: bytes, users: tuple[int, ...], st: os.stat_result)
         stuck,
         st.st_uid,
         stat.S_IMODE(st.st_mode),
+        holders=holders,
     )
+
+
+def _describe_semaphore(
+    base: str, raw: bytes, users: tuple[int, ...], st: os.stat_result
+) -> HostLock:
+    """A semaphore's entry, from one read of its record (``slots.read``)."""
+    table = _slots.read(raw)
+    now = time.time()
+    holders = tuple(
+        Holder(p.holder.pid, judge(p.holder), max(now - p.acquired_at, 0.0), p.generation)
+        for p in table.held
+    )
+    return HostLock(
+        _name_in(raw),
+        base,
+        table.free <= 0,
+        None,
+        None,
+        max((h.held_for for h in holders), default=None),
+        table.generation,
+        table.recoveries,
+        users,
+        False,  # a permit is always held by a recorded process or free: never stuck
+        st.st_uid,
+        stat.S_IMODE(st.st_mode),
+        layout=_state.layout(raw),
+        kind=table.kind,
+        value=table.value,
+        free=table.free,
+        holders=holders,
+    )
+
+
+def _name_in(raw: bytes) -> str:
+    """The user's name stored in a record ('' if undecodable: not written by aplock)."""
+    try:
+        return _state.read_name(raw)
+    except ValueError:
+        return ""
 
 
 def find(name: str) -> HostLock | None:
@@ -267,6 +373,22 @@ def repair(name: str, observe: float) -> bool:
         return core_of(lock).repair(observe)
     finally:
         lock.close()
+
+
+def repair_semaphore(sem: HostLock) -> bool:
+    """Free the permits of *sem*'s holders proven dead now; whether it freed any.
+
+    It opens the semaphore as its record says (kind, value, mode), so that the check of
+    the value passes, and never waits for a permit.
+    """
+    if not sem.is_semaphore or sem.value is None:
+        raise ValueError(f"{sem.name!r} is not a readable semaphore: {sem.kind or 'unreadable'}")
+    cls = BoundedSemaphore if sem.kind == _slots.KIND_NAMES[_slots.KIND_BOUNDED] else Semaphore
+    opened = cls(sem.name, sem.value, mode=sem.mode)
+    try:
+        return core_of(opened).repair(0.0)
+    finally:
+        opened.close()
 
 
 def marker_files(lock: HostLock) -> list[str]:
