@@ -102,3 +102,18 @@ def test_count_never_exceeds_the_value_under_stray_releases(lock_name: str) -> N
     assert results.count("ok") == len(acquired)
     assert results.count("LockNotHeldError") > 0
     assert sem.get_value() == VALUE
+
+
+def test_processes_releasing_too_often_never_count_a_permit_twice(lock_name: str) -> None:
+    """Each successful release ends one acquisition: in the end, as many releases
+    succeeded as permits were acquired, by all the processes together."""
+    sem = aplock.BoundedSemaphore(lock_name, VALUE)
+    start = SPAWN.Event()
+    queue = SPAWN.Queue()
+    with running(sem_workers.stray_releases, lock_name, VALUE, start, queue, 5, count=4):
+        start.set()
+        counts = [queue.get(timeout=120) for _ in range(4)]
+    acquired, ok, raised = (sum(c[i] for c in counts) for i in range(3))
+    assert ok == acquired, counts
+    assert raised > 0
+    assert sem.get_value() == VALUE

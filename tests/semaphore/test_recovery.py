@@ -125,7 +125,16 @@ def _race_releases_with_recovery(name: str, seed: int) -> None:
     with running(sem_workers.hold, name, 3, True, 3, ready) as (holder,):
         assert ready.wait(60)
         with (
-            running(sem_workers.release_once, name, 3, True, start, queue, count=3),
+            running(
+                sem_workers.release_once,
+                name,
+                3,
+                True,
+                start,
+                queue,
+                rng.uniform(0, 0.04),
+                count=3,
+            ),  # fmt: skip
             running(
                 sem_workers.acquire_report,
                 name,
@@ -179,6 +188,44 @@ def test_releases_racing_a_recovery_long(lock_name: str) -> None:
     for seed in range(40):
         _race_releases_with_recovery(lock_name, seed)
         aplock.unlink(lock_name)
+
+
+def _recoveries_race(name: str, rounds: int) -> None:
+    """A holder of all six permits is killed; six waiters recover at once, and claim.
+    A recovery frees only what it judged dead and is still so: no waiter is robbed of
+    the permit it claimed from another's recovery."""
+    for _ in range(rounds):
+        sem = aplock.BoundedSemaphore(name, 6, recovery_interval=0.01)
+        ready, start, done = SPAWN.Event(), SPAWN.Event(), SPAWN.Event()
+        queue = SPAWN.Queue()
+        with running(sem_workers.hold, name, 6, True, 6, ready) as (holder,):
+            assert ready.wait(60)
+            kill(holder)
+            holder.join(10)
+            with running(
+                sem_workers.acquire_report, name, 6, True, 30.0, 0.01, start, queue, done,
+                count=6,
+            ):  # fmt: skip
+                start.set()
+                grants = _results(queue, 6)
+                done.set()
+                ends = _results(queue, 6)
+        assert all(ok for _, ok, _, _ in grants), grants
+        assert ends == ["released"] * 6, ends
+        assert sorted(pid for _, _, pids, _ in grants for pid in pids) == [holder.pid] * 6
+        assert sem.info().recoveries == 6
+        assert sem.get_value() == 6
+        sem.unlink()
+
+
+def test_recoveries_racing_claims_rob_nobody(lock_name: str) -> None:
+    _recoveries_race(lock_name, rounds=3)
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(900)
+def test_recoveries_racing_claims_rob_nobody_long(lock_name: str) -> None:
+    _recoveries_race(lock_name, rounds=60)
 
 
 def _kill_at_random(name: str, tmp_path: Path, kills: int, seed: int) -> None:

@@ -115,10 +115,14 @@ def hammer_forever(
         sem.release()
 
 
-def release_once(name: str, value: int, bounded: bool, start: Any, out: Any) -> None:
-    """At *start*, call ``release()`` once; put ``"ok"`` or the error's type name on *out*."""
+def release_once(
+    name: str, value: int, bounded: bool, start: Any, out: Any, delay: float = 0.0
+) -> None:
+    """At *start* (and *delay* seconds), call ``release()`` once; put ``"ok"`` or the
+    error's type name on *out*."""
     sem = open_semaphore(name, value, bounded)
     start.wait(60)
+    time.sleep(delay)
     try:
         sem.release()
     except ValueError as exc:
@@ -140,7 +144,8 @@ def acquire_report(
     """At *start*, acquire with *timeout*; put ``(pid, got, warned pids, seconds)`` on *out*.
 
     With *hold_until*, hold the permit until it is set, then release it and put
-    ``"released"`` (or the error's type name) on *out*.
+    ``"released"`` (or the error's type name) on *out*; ``"robbed"`` if the table no
+    longer listed this process as a holder just before.
     """
     sem = open_semaphore(name, value, bounded, recovery_interval)
     start.wait(60)
@@ -153,6 +158,9 @@ def acquire_report(
     out.put((os.getpid(), got, warned, seconds))
     if got and hold_until is not None:
         hold_until.wait(60)
+        if os.getpid() not in [h.pid for h in sem.info().holders]:
+            out.put("robbed")
+            return
         try:
             sem.release()
         except ValueError as exc:
@@ -216,3 +224,25 @@ def forked_child(sem: aplock.Semaphore, action: str, out: Any) -> None:
         out.put((type(exc).__name__, os.getpid(), sem.get_value()))
     else:
         out.put(("ok", os.getpid(), sem.get_value()))
+
+
+def stray_releases(name: str, value: int, start: Any, out: Any, seed: int) -> None:
+    """Acquire, release and release once too often, at random, 400 times; put
+    ``(acquisitions, releases that succeeded, releases that raised)`` on *out*."""
+    rng = random.Random(seed)
+    sem = open_semaphore(name, value, True)
+    acquired = ok = raised = 0
+    start.wait(60)
+    for _ in range(400):
+        calls = 1
+        if rng.random() < 0.6 and sem.acquire(timeout=10):
+            acquired += 1
+            calls = 2
+        for _ in range(calls):
+            try:
+                sem.release()
+            except aplock.LockNotHeldError:
+                raised += 1
+            else:
+                ok += 1
+    out.put((acquired, ok, raised))
