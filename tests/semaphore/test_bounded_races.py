@@ -104,16 +104,28 @@ def test_count_never_exceeds_the_value_under_stray_releases(lock_name: str) -> N
     assert sem.get_value() == VALUE
 
 
-def test_processes_releasing_too_often_never_count_a_permit_twice(lock_name: str) -> None:
+def _stray_releases(name: str, procs: int, rounds: int) -> None:
     """Each successful release ends one acquisition: in the end, as many releases
     succeeded as permits were acquired, by all the processes together."""
-    sem = aplock.BoundedSemaphore(lock_name, VALUE)
+    sem = aplock.BoundedSemaphore(name, VALUE)
     start = SPAWN.Event()
     queue = SPAWN.Queue()
-    with running(sem_workers.stray_releases, lock_name, VALUE, start, queue, 5, count=4):
+    with running(
+        sem_workers.stray_releases, name, VALUE, start, queue, 5, rounds, count=procs
+    ):  # fmt: skip
         start.set()
-        counts = [queue.get(timeout=120) for _ in range(4)]
+        counts = [queue.get(timeout=600) for _ in range(procs)]
     acquired, ok, raised = (sum(c[i] for c in counts) for i in range(3))
     assert ok == acquired, counts
     assert raised > 0
     assert sem.get_value() == VALUE
+
+
+def test_processes_releasing_too_often_never_count_a_permit_twice(lock_name: str) -> None:
+    _stray_releases(lock_name, procs=4, rounds=2000)
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(900)
+def test_processes_releasing_too_often_never_count_a_permit_twice_long(lock_name: str) -> None:
+    _stray_releases(lock_name, procs=6, rounds=30000)

@@ -226,14 +226,14 @@ def forked_child(sem: aplock.Semaphore, action: str, out: Any) -> None:
         out.put(("ok", os.getpid(), sem.get_value()))
 
 
-def stray_releases(name: str, value: int, start: Any, out: Any, seed: int) -> None:
-    """Acquire, release and release once too often, at random, 400 times; put
+def stray_releases(name: str, value: int, start: Any, out: Any, seed: int, rounds: int) -> None:
+    """Acquire, release and release once too often, at random, *rounds* times; put
     ``(acquisitions, releases that succeeded, releases that raised)`` on *out*."""
     rng = random.Random(seed)
     sem = open_semaphore(name, value, True)
     acquired = ok = raised = 0
     start.wait(60)
-    for _ in range(400):
+    for _ in range(rounds):
         calls = 1
         if rng.random() < 0.6 and sem.acquire(timeout=10):
             acquired += 1
