@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
+import queue
 import stat
 import threading
 import time
@@ -417,16 +418,20 @@ def test_forked_child_gets_fresh_bookkeeping(lock_name: str) -> None:
     def keep_registry_busy() -> None:
         with handle.guard.held():
             held.set()
-            done.wait(10)
+            done.wait(30)
 
     t = threading.Thread(target=keep_registry_busy)
     t.start()
     held.wait()
     try:
-        ctx = FORK
-        out = ctx.Queue()
-        with running(workers.release, lock_name, out, ctx=ctx):
-            # the parent's thread holds the guard; the child must not inherit it
+        out = FORK.Queue()
+        with running(workers.release, lock_name, out, ctx=FORK):
+            # The parent's thread holds the guard: the child must not inherit it (it would
+            # go in at once), but wait for it like any other process...
+            with pytest.raises(queue.Empty):
+                out.get(timeout=0.3)
+            done.set()
+            # ...and go on, with bookkeeping of its own, once the parent lets it go.
             assert out.get(timeout=30) == "LockNotHeldError"
     finally:
         done.set()
