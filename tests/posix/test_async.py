@@ -1,9 +1,13 @@
-"""AsyncLock on asyncio, uvloop and Trio: fast path, bounded threads, cancellation."""
+"""AsyncLock's own behaviour on asyncio, uvloop and Trio: its sync lock, bounded threads,
+several event loops, processes, shutdown.
+
+The contract it shares with every lock class (acquire, release, timeouts, checkpoints,
+cancellation, acquire_nowait, close, repr) is ``tests/contract``.
+"""
 
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import textwrap
@@ -12,7 +16,6 @@ import time
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -24,29 +27,18 @@ from tests.support.procs import SPAWN, running
 pytestmark = pytest.mark.anyio
 
 
-async def test_basics(lock_name: str) -> None:
-    alock = aplock.AsyncLock(lock_name)
-    assert alock.name == lock_name
-    assert isinstance(alock.lock, aplock.Lock)
-    async with alock as entered:
-        assert entered is alock
-        assert alock.locked()
-        assert "locked by pid" in repr(alock)
-        assert repr(alock).startswith("<aplock.AsyncLock")
-        with pytest.raises(anyio.WouldBlock):
-            alock.acquire_nowait()
-    alock.acquire_nowait()
-    alock.release()
-    with pytest.raises(aplock.LockNotHeldError):
-        alock.release()
-
-
 async def test_accepts_a_sync_lock(lock_name: str) -> None:
     lock = aplock.Lock(lock_name)
     alock = aplock.AsyncLock(lock)
     assert alock.lock is lock
     async with alock:
         assert lock.locked()
+
+
+def test_shares_the_process_handle_with_the_sync_lock(lock_name: str) -> None:
+    alock = aplock.AsyncLock(lock_name)
+    assert isinstance(alock.lock, aplock.Lock)
+    assert alock.lock._h is aplock.Lock(lock_name)._h
 
 
 async def test_created_outside_the_loop_and_used_in_several_runs(lock_name: str) -> None:
@@ -64,30 +56,6 @@ async def test_created_outside_the_loop_and_used_in_several_runs(lock_name: str)
         pass
 
 
-async def test_acquire_is_a_checkpoint_even_when_free(lock_name: str) -> None:
-    alock = aplock.AsyncLock(lock_name)
-    ran = 0
-
-    async def other() -> None:
-        nonlocal ran
-        while True:
-            ran += 1
-            await anyio.lowlevel.checkpoint()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(other)
-        for _ in range(20):
-            await alock.acquire()  # must yield to the event loop, even on a free lock
-            alock.release()
-        assert ran > 0
-        tg.cancel_scope.cancel()
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await alock.acquire()
-    assert scope.cancelled_caught
-    assert not alock.locked()
-
-
 async def test_uncontended_acquire_uses_no_thread(
     lock_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,19 +69,6 @@ async def test_uncontended_acquire_uses_no_thread(
         async with alock:
             pass
     assert threading.active_count() == before
-
-
-async def test_timeouts(lock_name: str) -> None:
-    alock = aplock.AsyncLock(lock_name)
-    acquired = SPAWN.Event()
-    with running(workers.hold_until_killed, lock_name, acquired) as (proc,):
-        assert acquired.wait(60)
-        assert await alock.acquire(False) is False
-        start = time.monotonic()
-        assert await alock.acquire(timeout=0.3) is False
-        assert 0.29 <= time.monotonic() - start < 5
-        assert await alock.acquire(block=False, timeout=10) is False
-        proc.kill()
 
 
 async def test_200_waiters_use_one_thread_and_leave_the_loop_free(lock_name: str) -> None:
@@ -155,111 +110,6 @@ async def test_200_waiters_use_one_thread_and_leave_the_loop_free(lock_name: str
             tg.cancel_scope.cancel()
     assert order == list(range(200)), "waiters of one loop are served first come, first served"
     assert max(gaps) < 1.0, "the event loop stalled while tasks waited"
-
-
-@pytest.mark.parametrize("how", ["move_on_after", "fail_after", "cancel_scope", "task_group"])
-async def test_outer_cancellation_interrupts_a_wait(lock_name: str, how: str) -> None:
-    alock = aplock.AsyncLock(lock_name)
-    acquired = SPAWN.Event()
-    with running(workers.hold_until_killed, lock_name, acquired) as (proc,):
-        assert acquired.wait(60)
-        start = time.monotonic()
-        if how == "move_on_after":
-            with anyio.move_on_after(0.2):
-                await alock.acquire()
-        elif how == "fail_after":
-            with pytest.raises(TimeoutError), anyio.fail_after(0.2):
-                await alock.acquire()
-        elif how == "cancel_scope":
-            with anyio.CancelScope() as scope:
-
-                async def cancel_soon() -> None:
-                    await anyio.sleep(0.2)
-                    scope.cancel()
-
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(cancel_soon)
-                    await alock.acquire()
-        else:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(alock.acquire)
-                await anyio.sleep(0.2)
-                tg.cancel_scope.cancel()
-        elapsed = time.monotonic() - start
-        assert elapsed < 2.0, f"cancellation took {elapsed:.2f}s"
-        assert alock.info().holder_pid == proc.pid
-        proc.kill()
-
-
-async def cancellation_rounds(lock_name: str, rounds: int, seed: int) -> dict[str, int]:
-    """Cancel a waiter at a random moment racing a release in another thread."""
-    rng = random.Random(seed)
-    lock = aplock.Lock(lock_name)
-    alock = aplock.AsyncLock(lock_name)
-    outcomes = {"acquired": 0, "cancelled": 0}
-    for _ in range(rounds):
-        assert lock.acquire(timeout=10)
-        release_after = rng.uniform(0, 0.02)
-        cancel_after = rng.uniform(0, 0.02)
-        timer = threading.Timer(release_after, lock.release)
-        timer.start()
-        got = False
-        with anyio.move_on_after(cancel_after):
-            got = await alock.acquire()
-        timer.join()
-        if got:
-            outcomes["acquired"] += 1
-            alock.release()
-        else:
-            outcomes["cancelled"] += 1
-        # nobody may hold the lock now: a leaked acquisition would show here
-        assert not lock.locked(), "a cancelled acquire leaked the lock"
-    return outcomes
-
-
-async def test_cancellation_racing_release_never_leaks(lock_name: str) -> None:
-    outcomes = await cancellation_rounds(lock_name, 200, seed=1)
-    assert outcomes["acquired"] > 0, outcomes
-    assert outcomes["cancelled"] > 0, outcomes
-
-
-@pytest.mark.stress
-@pytest.mark.timeout(900)
-async def test_cancellation_racing_release_never_leaks_stress(lock_name: str) -> None:
-    outcomes = await cancellation_rounds(lock_name, 3000, seed=2)
-    assert outcomes["acquired"] > 0, outcomes
-    assert outcomes["cancelled"] > 0, outcomes
-
-
-async def test_excludes_sync_holders_in_threads_both_ways(lock_name: str) -> None:
-    lock = aplock.Lock(lock_name)
-    alock = aplock.AsyncLock(lock_name)
-    inside = 0
-    worst = 0
-
-    def sync_side() -> None:
-        nonlocal inside, worst
-        for _ in range(50):
-            with lock:
-                inside += 1
-                worst = max(worst, inside)
-                time.sleep(0.0005)
-                inside -= 1
-
-    async def async_side() -> None:
-        nonlocal inside, worst
-        for _ in range(50):
-            async with alock:
-                inside += 1
-                worst = max(worst, inside)
-                await anyio.sleep(0.0005)
-                inside -= 1
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(anyio.to_thread.run_sync, sync_side)
-        tg.start_soon(async_side)
-        tg.start_soon(async_side)
-    assert worst == 1
 
 
 async def test_excludes_other_processes_both_ways(lock_name: str, anyio_backend: Any) -> None:

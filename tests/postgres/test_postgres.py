@@ -1,4 +1,9 @@
-"""PgLock: the aplock Lock on PostgreSQL advisory locks, against a real server."""
+"""PgLock's own behaviour on PostgreSQL advisory locks, against a real server: the key,
+the protocol, sessions, connections, pools, processes.
+
+The contract it shares with every lock class (acquire, release, timeouts, threads,
+exclusion, close, pickling, repr) is ``tests/contract``.
+"""
 
 from __future__ import annotations
 
@@ -62,10 +67,6 @@ def test_key_rejects_what_the_core_rejects() -> None:
         advisory_key(b"x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must not be empty"):
         advisory_key("")
-    with pytest.raises(TypeError):
-        PgLock(3, "host=x")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="must not be empty"):
-        PgLock("", "host=x")
 
 
 @pytest.mark.parametrize("name", ["orders.migrate", "my app/cache warmup", "é" * 300, "日本"])
@@ -223,80 +224,7 @@ def test_public_names_are_listed_and_documented() -> None:
                     assert inspect.getdoc(member), f"{name}.{attr}"
 
 
-# ---- the Lock contract ------------------------------------------------------------
-
-
-def test_acquire_release_locked(locks: list[PgLock], pg: tuple[str, Admin]) -> None:
-    a, b = locks
-    assert not a.locked()
-    assert a.acquire()
-    assert a.held
-    assert a.locked()
-    assert b.locked()  # asks the server
-    assert pg_helpers.key_holders(pg[1], a.key)[0] != []
-    a.release()
-    assert not a.held
-    assert not b.locked()
-
-
-def test_try_and_timeout_while_held(locks: list[PgLock]) -> None:
-    a, b = locks
-    with a:
-        assert b.acquire(False) is False
-        assert b.acquire(block=False, timeout=10) is False  # block=False ignores timeout
-        assert b.acquire(timeout=-1) is False  # negative means zero
-        start = time.monotonic()
-        assert b.acquire(timeout=0.3) is False
-        assert 0.29 <= time.monotonic() - start < 2.0
-    assert b.acquire(timeout=0)
-    b.release()
-
-
-def test_not_recursive(locks: list[PgLock], pg: tuple[str, Admin]) -> None:
-    a, _ = locks
-    with a:
-        assert a.acquire(False) is False
-        assert a.acquire(timeout=0.2) is False
-        # The session asked the server exactly once: no re-entrant second hold.
-        assert len(pg_helpers.key_holders(pg[1], a.key)[0]) == 1
-    a.acquire()
-    a.release()
-    assert pg_helpers.key_holders(pg[1], a.key) == ([], 0)
-
-
-def test_second_acquire_waits_for_release_from_another_thread(locks: list[PgLock]) -> None:
-    a, _ = locks
-    a.acquire()
-    threading.Timer(0.2, a.release).start()
-    start = time.monotonic()
-    assert a.acquire(timeout=10)
-    assert time.monotonic() - start >= 0.15
-    a.release()
-
-
-def test_waiter_gets_it_on_release(locks: list[PgLock], pg: tuple[str, Admin]) -> None:
-    a, b = locks
-    a.acquire()
-    got: list[bool] = []
-    waiter = threading.Thread(target=lambda: got.append(b.acquire(timeout=10)))
-    waiter.start()
-    pg_helpers.wait_until(lambda: pg_helpers.key_holders(pg[1], a.key)[1] == 1, what="a waiter")
-    a.release()
-    waiter.join(10)
-    assert got == [True]
-    b.release()
-
-
-def test_release_unheld_raises_value_error(locks: list[PgLock]) -> None:
-    a, b = locks
-    with pytest.raises(aplock.LockNotHeldError, match="does not hold") as info:
-        a.release()
-    assert isinstance(info.value, ValueError)
-    assert info.value.name == a.name
-    a.acquire()
-    with pytest.raises(aplock.LockNotHeldError, match="only be released by the session"):
-        b.release()  # another session: PostgreSQL cannot release a's lock for it
-    a.release()
+# ---- sessions: shared connections, pools, the server ---------------------------------
 
 
 def test_shared_connection_objects_exclude_each_other(dsn: str, pg: tuple[str, Admin]) -> None:
@@ -398,23 +326,10 @@ def test_unreachable_server_is_lock_unavailable(pg: tuple[str, Admin]) -> None:
     lock.close()
 
 
-def test_close_releases_and_then_refuses(locks: list[PgLock]) -> None:
-    a, b = locks
-    a.acquire()
-    a.close()
-    a.close()
-    assert a.closed
-    assert b.acquire(False)
-    b.release()
-    with pytest.raises(aplock.LockClosedError):
-        a.acquire()
-    assert "closed" in repr(a)
-
-
-def test_pickles_by_name_and_conninfo(dsn: str, locks: list[PgLock]) -> None:
+def test_pickled_into_another_process_is_the_same_lock(dsn: str, locks: list[PgLock]) -> None:
     a, _ = locks
     copy = pickle.loads(pickle.dumps(a))
-    assert (copy.name, copy.key, copy.held) == (a.name, a.key, False)
+    assert (copy.key, copy.held) == (a.key, False)
     copy.close()
     a.acquire()
     result = SPAWN.Queue()

@@ -1,9 +1,13 @@
-"""AsyncPgLock: the PostgreSQL lock for async code, on asyncio, uvloop and Trio."""
+"""AsyncPgLock's own behaviour on asyncio, uvloop and Trio: sessions lost, connections,
+event loops, the drivers, processes.
+
+The contract it shares with every lock class (acquire, release, timeouts, exclusion,
+checkpoints, cancellation at random moments, close, repr) is ``tests/contract``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import time
 from typing import Any
@@ -23,10 +27,6 @@ Admin = psycopg.Connection[Any]
 
 pytestmark = pytest.mark.anyio
 
-#: Random cancellation rounds per backend in the normal run (many more with -m stress).
-ROUNDS = 12
-STRESS_ROUNDS = 400
-
 
 def waiters(pg: tuple[str, Admin], lock: AsyncPgLock) -> int:
     return pg_helpers.key_holders(pg[1], lock.key)[1]
@@ -38,136 +38,16 @@ async def wait_for_waiters(pg: tuple[str, Admin], lock: AsyncPgLock, count: int)
             await anyio.sleep(0.005)
 
 
-async def test_shape_of_async_lock(dsn: str, pg: tuple[str, Admin]) -> None:
-    a, b = AsyncPgLock(pg[0], dsn), AsyncPgLock(pg[0], dsn)
-    assert (a.name, a.key) == (pg[0], aplock.postgres.advisory_key(pg[0]))
-    assert not a.locked()
-    async with a as entered:
-        assert entered is a
-        assert a.held
-        assert a.locked()
-        assert "held by this object" in repr(a)
-        assert await b.acquire(False) is False
-        assert await b.acquire(timeout=0.2) is False
-        assert await b.acquire(timeout=-5) is False
-        await a.check()
-    assert not a.held
-    assert await b.acquire(timeout=5)
-    b.release()  # synchronous: the unlock finishes in the background...
-    assert await b.acquire(timeout=5)  # ...and this object's next acquire waits for it
-    await b.arelease()
-    with pytest.raises(aplock.LockNotHeldError, match="does not hold"):
-        b.release()
-    with pytest.raises(aplock.LockNotHeldError):
-        await b.arelease()
-    await a.aclose()
-    await b.aclose()
-    await a.aclose()
-    with pytest.raises(aplock.LockClosedError):
-        await a.acquire()
-
-
-async def test_not_recursive(dsn: str, pg: tuple[str, Admin]) -> None:
+async def test_key_check_and_arelease(dsn: str, pg: tuple[str, Admin]) -> None:
     lock = AsyncPgLock(pg[0], dsn)
-    assert await lock.acquire()
-    assert await lock.acquire(False) is False
-    assert await lock.acquire(timeout=0.2) is False
-    assert len(pg_helpers.key_holders(pg[1], lock.key)[0]) == 1
-    await lock.arelease()
-    await lock.aclose()
-
-
-async def test_tasks_of_one_object_exclude_each_other(dsn: str, pg: tuple[str, Admin]) -> None:
-    lock = AsyncPgLock(pg[0], dsn)
-    inside = 0
-    entries = 0
-
-    async def task() -> None:
-        nonlocal inside, entries
-        for _ in range(3):
-            async with lock:
-                inside += 1
-                assert inside == 1
-                await anyio.sleep(0.001)
-                inside -= 1
-                entries += 1
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(8):
-            tg.start_soon(task)
-    assert entries == 24
-    await lock.aclose()
-
-
-async def test_release_from_another_task(dsn: str, pg: tuple[str, Admin]) -> None:
-    lock = AsyncPgLock(pg[0], dsn)
-    await lock.acquire()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lock.arelease)
+    assert lock.key == aplock.postgres.advisory_key(pg[0])
+    async with lock:
+        assert lock.held
+        await lock.check()
     assert not lock.held
+    with pytest.raises(aplock.LockNotHeldError, match="does not hold"):
+        await lock.arelease()
     await lock.aclose()
-
-
-async def cancellation_rounds(dsn: str, pg: tuple[str, Admin], rounds: int) -> None:
-    holder, waiter = AsyncPgLock(pg[0], dsn), AsyncPgLock(pg[0], dsn)
-    rng = random.Random(7)
-    outcomes = {"got": 0, "cancelled": 0}
-
-    async def wait(delay: float) -> None:
-        with anyio.move_on_after(delay):
-            if await waiter.acquire():
-                outcomes["got"] += 1
-                await waiter.arelease()
-                return
-        outcomes["cancelled"] += 1
-
-    for _ in range(rounds):
-        assert await holder.acquire(timeout=10)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait, rng.uniform(0.0, 0.03))
-            await anyio.sleep(rng.uniform(0.0, 0.03))
-            await holder.arelease()
-        assert not waiter.held
-        assert not waiter.locked()
-        # Nothing leaked: the holder's session gets the lock at once.
-        assert await holder.acquire(block=False), "a cancelled waiter left the lock held"
-        await holder.arelease()
-    assert pg_helpers.key_holders(pg[1], holder.key) == ([], 0)
-    assert outcomes["got"] + outcomes["cancelled"] == rounds
-    assert outcomes["got"], outcomes  # both sides of the race were run
-    assert outcomes["cancelled"], outcomes
-    await holder.aclose()
-    await waiter.aclose()
-
-
-async def test_cancellation_rounds(dsn: str, pg: tuple[str, Admin]) -> None:
-    await cancellation_rounds(dsn, pg, ROUNDS)
-
-
-@pytest.mark.stress
-async def test_cancellation_rounds_stress(dsn: str, pg: tuple[str, Admin]) -> None:
-    await cancellation_rounds(dsn, pg, STRESS_ROUNDS)
-
-
-async def test_cancel_ends_the_server_side_wait(dsn: str, pg: tuple[str, Admin]) -> None:
-    holder, waiter = PgLock(pg[0], dsn), AsyncPgLock(pg[0], dsn)
-    holder.acquire()
-    with anyio.CancelScope() as scope:
-
-        async def cancel_once_waiting() -> None:
-            await wait_for_waiters(pg, waiter, 1)
-            scope.cancel()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(cancel_once_waiting)
-            await waiter.acquire()
-    assert scope.cancelled_caught
-    # acquire() returned only after the server stopped waiting: nothing queued now.
-    assert waiters(pg, waiter) == 0
-    assert not waiter.held
-    holder.release()
-    holder.close()
-    await waiter.aclose()
 
 
 async def test_lost_session_is_reported(dsn: str, pg: tuple[str, Admin]) -> None:
@@ -405,19 +285,6 @@ def test_run_once_across_processes(
         assert len(ran.read_text().split()) == 1
     finally:
         AsyncPgMarker(dsn, table="aplock_once_test")._marker.clear(pg[0])
-
-
-async def test_own_pending_unlock_does_not_make_a_try_fail(dsn: str, pg: tuple[str, Admin]) -> None:
-    """After ``release()``, a try of a lock nobody else holds succeeds, as with AsyncLock."""
-    lock = AsyncPgLock(pg[0], dsn)
-    for _ in range(5):
-        assert await lock.acquire()
-        lock.release()  # the unlock is still on its way to the server...
-        assert await lock.acquire(block=False)  # ...and this object waits for its own
-        lock.release()
-        assert await lock.acquire(timeout=0)
-        await lock.arelease()
-    await lock.aclose()
 
 
 async def test_unreachable_server_raises_the_error_itself(pg: tuple[str, Admin]) -> None:
