@@ -134,6 +134,7 @@ async def test_release_of_a_free_one_raises(kind: Kind, site: Site) -> None:
     with pytest.raises(aplock.LockNotHeldError, match=kind.not_held_says) as info:
         p.release()
     assert isinstance(info.value, ValueError)  # what the contract names
+    assert isinstance(info.value, aplock.LockError)
     assert info.value.name == site.name
     async with p.holding():
         pass
@@ -182,8 +183,12 @@ async def test_release_by_another_object(kind: Kind, site: Site) -> None:
         assert not p.held()
         await assert_free(other)
     else:
-        with pytest.raises(aplock.LockNotHeldError, match="only be released by the session"):
+        with pytest.raises(
+            aplock.LockNotHeldError, match="only be released by the session"
+        ) as info:
             other.release()
+        assert isinstance(info.value, aplock.LockError)
+        assert info.value.name == site.name
         assert p.held()
         assert await other.acquire(False) is False, "the failed release released it"
         await p.arelease()
@@ -201,13 +206,16 @@ async def test_two_objects_of_one_name_exclude_each_other(
     or async twin; an object of another name is another primitive."""
     a = site.open()
     b = site.open() if other == "same-class" else site.open_twin()
-    stranger = site.open(name=site.other_name())
+    # Names that differ only in case are other names too.
+    strangers = [site.open(name=site.other_name(suffix)) for suffix in (".x", ".X")]
     assert await a.acquire()
     if b.sees_others:
         assert b.held()
     assert await b.acquire(False) is False
-    assert await stranger.acquire(False), "another name is held too"
-    await stranger.arelease()
+    for stranger in strangers:
+        assert await stranger.acquire(False), f"{stranger.name!r} is held too"
+    for stranger in strangers:
+        await stranger.arelease()
     await a.arelease()
     assert await b.acquire(False)
     if a.sees_others:
@@ -407,7 +415,7 @@ async def test_acquire_nowait(kind: Kind, site: Site) -> None:
 # ---- close -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("use", ["acquire", "release", "state"])
+@pytest.mark.parametrize("use", ["acquire", "with", "release", "state"])
 async def test_use_after_close_raises_lock_closed(kind: Kind, site: Site, use: str) -> None:
     p, other = site.open(), site.open()
     assert await p.acquire()  # on PostgreSQL: opens its session
@@ -418,9 +426,18 @@ async def test_use_after_close_raises_lock_closed(kind: Kind, site: Site, use: s
     assert p.obj.closed
     assert not other.obj.closed
 
+    def enter_sync() -> None:
+        with p.obj:
+            pytest.fail("entered a closed object")
+
     async def use_it() -> object:
         if use == "acquire":
             return await p.acquire()
+        if use == "with" and kind.is_async:
+            async with p.obj:
+                pytest.fail("entered a closed object")
+        if use == "with":
+            return await anyio.to_thread.run_sync(enter_sync)
         if use == "release":
             p.release()
             return None
@@ -428,6 +445,7 @@ async def test_use_after_close_raises_lock_closed(kind: Kind, site: Site, use: s
 
     with pytest.raises(aplock.LockClosedError) as info:
         await use_it()
+    assert isinstance(info.value, aplock.LockError)
     assert info.value.name == site.name
     await assert_free(other)  # the other objects of the name keep working
 
