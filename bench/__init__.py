@@ -16,4 +16,5 @@ METRIC_MODULES: tuple[str, ...] = (
     "bench.async_tasks_bench",
     "bench.cancellation_bench",
     "bench.import_time_bench",
+    "bench.semaphore_bench",
 )
