@@ -41,11 +41,11 @@ def command(server: str, port: int, workers: int) -> list[str]:
     """The command line that serves the example app with *workers* workers."""
     if server == "uvicorn":
         return [
-            *(sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(EXAMPLE)),
+            *(sys.executable, "-m", "uvicorn", "limit_app:app", "--app-dir", str(EXAMPLE)),
             *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
         ]
     return [
-        *(sys.executable, "-m", "gunicorn", "app:app", "--chdir", str(EXAMPLE)),
+        *(sys.executable, "-m", "gunicorn", "limit_app:app", "--chdir", str(EXAMPLE)),
         *("-k", GUNICORN_WORKER, "-w", str(workers), "-b", f"127.0.0.1:{port}"),
         *("--graceful-timeout", "5"),
     ]

@@ -2,7 +2,7 @@
 
 Run it from this directory with several workers::
 
-    uvicorn app:app --workers 4
+    uvicorn limit_app:app --workers 4
 
 ``GET /render`` does its slow part (here a pretend call to a service that accepts only
 ``LIMIT`` requests at a time) under an ``aplock.AsyncSemaphore`` of value ``LIMIT``: every
