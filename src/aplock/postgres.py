@@ -174,6 +174,7 @@ class PgLock(_Facade):
                 ``check``); the object no longer holds it either way.
             LockUnavailableError: a shared connection failed and its session may
                 still hold the lock.
+            LockClosedError: the object was closed.
         """
         self._backend.release()
 
@@ -333,6 +334,7 @@ class AsyncPgLock(_Facade):
 
         Raises:
             LockNotHeldError: (a ``ValueError``) this object does not hold the lock.
+            LockClosedError: the object was closed.
         """
         self._backend.release()
 
@@ -347,6 +349,7 @@ class AsyncPgLock(_Facade):
                 no longer holds it either way.
             LockUnavailableError: a shared connection failed and its session may
                 still hold the lock.
+            LockClosedError: the object was closed.
         """
         await self._backend.arelease()
 
@@ -355,6 +358,9 @@ class AsyncPgLock(_Facade):
 
         Synchronous, so it cannot ask the server: ``False`` says nothing about other
         processes. ``PgLock.locked()`` asks the server.
+
+        Raises:
+            LockClosedError: the object was closed.
         """
         return self._backend.locked()
 
@@ -402,3 +408,10 @@ class AsyncPgLock(_Facade):
         tb: TracebackType | None,
     ) -> None:
         await self.arelease()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(
+            f"lock {self._name!r}: an AsyncPgLock cannot be pickled (its session belongs to "
+            "this process's event loops); send the name and connection string, and create "
+            "the lock in the other process"
+        )

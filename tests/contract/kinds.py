@@ -117,11 +117,6 @@ def _dsn(dsn: str | None) -> str:
     return dsn
 
 
-_CLOSED_RELEASE = (
-    "release() after close() raises LockNotHeldError, not the LockClosedError that "
-    "close()'s docstring promises for any use afterwards"
-)
-
 LOCK = Kind(
     id="Lock",
     cls=aplock.Lock,
@@ -190,7 +185,7 @@ PG_LOCK = Kind(
     cancel_rounds=12,
     stress_rounds=400,
     exclusion_rounds=5,
-    defects={"test_use_after_close_raises_lock_closed[release]": _CLOSED_RELEASE},
+    defects={},
 )
 ASYNC_PG_LOCK = replace(
     PG_LOCK,
@@ -204,13 +199,7 @@ ASYNC_PG_LOCK = replace(
     locked="object",
     pickles=False,
     close="aclose",
-    defects={
-        "test_use_after_close_raises_lock_closed[release]": _CLOSED_RELEASE,
-        "test_use_after_close_raises_lock_closed[state]": (
-            "locked() after aclose() returns False, not the LockClosedError that "
-            "aclose()'s docstring promises for any use afterwards"
-        ),
-    },
+    defects={},
 )
 SEMAPHORE = Kind(
     id="Semaphore",

@@ -352,3 +352,34 @@ async def test_a_terminated_waiter_waits_on(dsn: str, pg: tuple[str, Admin]) -> 
     await waiter.arelease()
     holder.close()
     await waiter.aclose()
+
+
+def test_pickling_says_what_to_send_instead(dsn: str, lock_name: str) -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match=f"{lock_name!r}.*cannot be pickled.*connection string"):
+        pickle.dumps(AsyncPgLock(lock_name, dsn))
+
+
+async def test_release_from_a_thread_without_a_loop_is_a_clear_error(
+    dsn: str, pg: tuple[str, Admin], lock_name: str
+) -> None:
+    lock = AsyncPgLock(lock_name, dsn)
+    await lock.acquire()
+    errors: list[BaseException] = []
+
+    def release() -> None:
+        try:
+            lock.release()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    thread.join(10)
+    assert len(errors) == 1
+    assert type(errors[0]) is RuntimeError
+    assert lock_name in str(errors[0])
+    assert lock.locked()  # still held: release it where it was acquired
+    await lock.arelease()
+    await lock.aclose()

@@ -387,19 +387,27 @@ class AsyncBackend:
             binding.gate.release()
 
     def _take_held(self) -> _Binding:
+        if self.closed:
+            raise LockClosedError(self.name, _CLOSED)
         binding = self._binding
         if not self.held or binding is None:
             raise LockNotHeldError(self.name, NOT_HELD)
-        if binding.loop is not _eventloop.current_loop():
+        try:
+            loop = _eventloop.current_loop()
+        except RuntimeError:  # no event loop runs in this thread (anyio's NoEventLoopError)
+            loop = None
+        if binding.loop is not loop:
             raise RuntimeError(
-                f"lock {self.name!r}: this AsyncPgLock is held in another event loop; "
-                "release it there"
+                f"lock {self.name!r}: this AsyncPgLock is held in an event loop that is not "
+                "the one running in this thread; release it there"
             )
         self.held = False
         return binding
 
     def locked(self) -> bool:
         """Whether this object holds the lock, or is acquiring or releasing it."""
+        if self.closed:
+            raise LockClosedError(self.name, _CLOSED)
         binding = self._binding
         return self.held or (binding is not None and binding.busy)
 

@@ -210,6 +210,8 @@ class Backend:
         """Release the lock (``LockNotHeldError`` if this object does not hold it)."""
         held = self._take_held()
         if held is None:
+            if self.closed:
+                raise LockClosedError(self.name, _CLOSED)
             raise LockNotHeldError(self.name, NOT_HELD)
         try:
             run(self._protocol.unlock(held))
