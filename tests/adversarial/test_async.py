@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 import aplock
+from aplock._deadline import SLICE
 from aplock._posix import handle as _handle
 from tests.support import adversarial_workers as aw
 from tests.support import workers
@@ -115,7 +116,7 @@ async def test_cancellation_storm_never_leaks(
     ex = Exclusion()
     total = 0
     with churning(lock_name, str(tmp_path)):
-        for _ in range(10):
+        for _ in range(6):
             total += await storm_round(alock, rng, ex)
             assert not leaked(lock), "a cancelled wait left the lock held by this process"
     assert ex.violations == 0
@@ -165,22 +166,20 @@ async def native_round(alock: aplock.AsyncLock, rng: random.Random, ex: Exclusio
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
-def test_native_cancellation_never_leaks(
-    lock_name: str, tmp_path: os.PathLike[str], use_uvloop: bool
-) -> None:
-    rng = random.Random(5)
-    lock = aplock.Lock(lock_name, recovery_interval=0.05)
+def native_cancellation(name: str, tmp: str, use_uvloop: bool, rounds: int, seed: int) -> None:
+    """*rounds* of ``native_round`` on asyncio (or uvloop) while other processes churn."""
+    rng = random.Random(seed)
+    lock = aplock.Lock(name, recovery_interval=0.05)
     alock = aplock.AsyncLock(lock)
     ex = Exclusion()
 
     async def main() -> None:
-        for _ in range(10):
+        for _ in range(rounds):
             await native_round(alock, rng, ex)
             # A worker that the task stopped waiting for ends within a slice.
             assert not leaked(lock, grace=1.0), "Task.cancel() leaked the lock"
 
-    with churning(lock_name, str(tmp_path)):
+    with churning(name, tmp):
         if use_uvloop:
             import uvloop
 
@@ -190,9 +189,26 @@ def test_native_cancellation_never_leaks(
     assert ex.violations == 0
 
 
-def test_several_loops_in_several_threads(lock_name: str, tmp_path: os.PathLike[str]) -> None:
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_native_cancellation_never_leaks(
+    lock_name: str, tmp_path: os.PathLike[str], use_uvloop: bool
+) -> None:
+    native_cancellation(lock_name, str(tmp_path), use_uvloop, rounds=6, seed=5)
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_native_cancellation_never_leaks_stress(
+    lock_name: str, tmp_path: os.PathLike[str], use_uvloop: bool
+) -> None:
+    native_cancellation(lock_name, str(tmp_path), use_uvloop, rounds=500, seed=6)
+
+
+def several_loops(name: str, tmp: str, rounds: int) -> None:
+    """Four event loops in four threads share one ``Lock``, *rounds* storms each."""
     ex = Exclusion()
-    lock = aplock.Lock(lock_name, recovery_interval=0.05)
+    lock = aplock.Lock(name, recovery_interval=0.05)
     errors: list[BaseException] = []
 
     def loop(backend: str, options: dict[str, Any], seed: int) -> None:
@@ -200,7 +216,7 @@ def test_several_loops_in_several_threads(lock_name: str, tmp_path: os.PathLike[
         alock = aplock.AsyncLock(lock)
 
         async def main() -> None:
-            for _ in range(12):
+            for _ in range(rounds):
                 await storm_round(alock, rng, ex)
 
         try:
@@ -209,7 +225,7 @@ def test_several_loops_in_several_threads(lock_name: str, tmp_path: os.PathLike[
             errors.append(exc)
 
     runs = [("asyncio", {}), ("asyncio", {"use_uvloop": True}), ("trio", {}), ("trio", {})]
-    with churning(lock_name, str(tmp_path)):
+    with churning(name, tmp):
         threads = [
             threading.Thread(target=loop, args=(backend, options, i))
             for i, (backend, options) in enumerate(runs)
@@ -217,7 +233,7 @@ def test_several_loops_in_several_threads(lock_name: str, tmp_path: os.PathLike[
         for t in threads:
             t.start()
         for t in threads:
-            t.join(100)
+            t.join(100 + rounds)
         assert not any(t.is_alive() for t in threads), "an event loop never finished"
     assert not errors, errors
     assert ex.violations == 0, "two tasks of this process held the lock at once"
@@ -228,7 +244,26 @@ def test_several_loops_in_several_threads(lock_name: str, tmp_path: os.PathLike[
     assert (h.sem.value, h.token.value) == (1, 0)
 
 
+def test_several_loops_in_several_threads(lock_name: str, tmp_path: os.PathLike[str]) -> None:
+    several_loops(lock_name, str(tmp_path), rounds=8)
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(900)
+def test_several_loops_in_several_threads_stress(
+    lock_name: str, tmp_path: os.PathLike[str]
+) -> None:
+    several_loops(lock_name, str(tmp_path), rounds=300)
+
+
 # -- several AsyncLock objects for one name in one event loop ---------------------------------
+
+
+async def settled() -> None:
+    """Return once every other task of this event loop is blocked: the tasks started
+    before have queued in their gates (or left them)."""
+    with anyio.fail_after(10):
+        await anyio.wait_all_tasks_blocked()
 
 
 async def wait_on(alock: aplock.AsyncLock, timeout: float, out: list[object]) -> None:
@@ -262,13 +297,13 @@ async def test_closing_one_object_does_not_fail_another_objects_waiters(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(first_waits)
-            await anyio.sleep(0.2)  # `first` waits: its Lock serves this loop's gate
+            await settled()  # `first` waits: its Lock serves this loop's gate
             tg.start_soon(wait_on, second, 30, out)
-            await anyio.sleep(0.2)
+            await settled()
             early.cancel()  # the component that used `first` stops waiting...
-            await anyio.sleep(0.1)
+            await settled()
             first.lock.close()  # ...and shuts down
-            await anyio.sleep(0.3)
+            await anyio.sleep(3 * SLICE)  # the gate's thread waits a few slices more
             release.set()  # the holder lets go: `second` should get the lock
     assert out[:1] == [True], f"the other object's waiter got {out}"
 
@@ -277,7 +312,7 @@ async def test_closing_one_object_does_not_fail_another_objects_waiters(
 async def test_recovery_interval_none_is_honoured_beside_another_object(
     lock_name: str, anyio_backend: Any
 ) -> None:
-    default = aplock.AsyncLock(lock_name)
+    default = aplock.AsyncLock(lock_name, recovery_interval=0.05)
     never = aplock.AsyncLock(lock_name, recovery_interval=None)
     acquired = SPAWN.Event()
     out: list[object] = []
@@ -291,12 +326,12 @@ async def test_recovery_interval_none_is_honoured_beside_another_object(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(default_waits)
-            await anyio.sleep(0.2)  # `default` starts the gate's thread
-            tg.start_soon(wait_on, never, 1.5, out)
-            await anyio.sleep(0.2)
+            await settled()  # `default` starts its gate's thread
+            tg.start_soon(wait_on, never, 0.8, out)
+            await settled()
             early.cancel()  # `default` stops waiting; `never` is left
-            await anyio.sleep(0.1)
-            kill(holder)
+            await settled()
+            kill(holder)  # `never` waits on, many of `default`'s recovery intervals
     lock = aplock.Lock(lock_name)
     if lock.locked() and lock.acquire(timeout=10):  # the dead holder's, if nobody took it
         lock.release()

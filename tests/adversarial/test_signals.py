@@ -14,14 +14,19 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from typing import Any
 
 import pytest
 
 import aplock
 from tests.support import adversarial_workers as aw
-from tests.support.procs import bad_outcomes, hammer_with_signals, running
+from tests.support.procs import (
+    bad_outcomes,
+    hammer_with_signals,
+    running,
+    sleeping_in_futex,
+    wait_until,
+)
 
 
 def hammer(name: str, mode: str, seconds: float) -> dict[str, int]:
@@ -30,7 +35,7 @@ def hammer(name: str, mode: str, seconds: float) -> dict[str, int]:
 
 
 def test_interrupted_uncontended_acquire_never_leaves_the_lock_stuck(lock_name: str) -> None:
-    outcomes = hammer(lock_name, "fast", seconds=1.5)
+    outcomes = hammer(lock_name, "fast", seconds=1.0)
     assert sum(n for k, n in outcomes.items() if k != "calls") > 20, "too few interruptions"
     assert not bad_outcomes(outcomes), outcomes
 
@@ -38,7 +43,7 @@ def test_interrupted_uncontended_acquire_never_leaves_the_lock_stuck(lock_name: 
 def test_interrupted_waiter_in_a_threaded_process_never_leaves_the_lock_stuck(
     lock_name: str,
 ) -> None:
-    outcomes = hammer(lock_name, "wait", seconds=2)
+    outcomes = hammer(lock_name, "wait", seconds=1.0)
     assert sum(n for k, n in outcomes.items() if k != "calls") > 20, "too few interruptions"
     assert not bad_outcomes(outcomes), outcomes
 
@@ -54,14 +59,27 @@ def test_interrupted_calls_stress(lock_name: str, mode: str) -> None:
     assert not bad_outcomes(outcomes), outcomes
 
 
-def test_an_interrupted_wait_never_leaves_signals_blocked(lock_name: str) -> None:
-    holder = aplock.Lock(lock_name)
+def interrupted_waits(name: str, seconds: float) -> dict[str, int]:
+    """Interrupt timed waits for a held lock for *seconds*; the outcomes."""
+    holder = aplock.Lock(name)
     holder.acquire()
     try:
-        outcomes = hammer(lock_name, "mask", seconds=20)
+        return hammer(name, "mask", seconds=seconds)
     finally:
         holder.release()
+
+
+def test_an_interrupted_wait_never_leaves_signals_blocked(lock_name: str) -> None:
+    outcomes = interrupted_waits(lock_name, 1.5)  # about 2,000 interruptions
     assert outcomes.get("interrupted", 0) > 20, "too few interruptions"
+    assert not bad_outcomes(outcomes), outcomes
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(300)
+def test_an_interrupted_wait_never_leaves_signals_blocked_stress(lock_name: str) -> None:
+    outcomes = interrupted_waits(lock_name, 40)
+    assert outcomes.get("interrupted", 0) > 10_000, "too few interruptions"
     assert not bad_outcomes(outcomes), outcomes
 
 
@@ -97,7 +115,7 @@ def test_a_blocked_pending_signal_does_not_starve_a_waiter(lock_name: str) -> No
         assert proc.stdout.readline().strip() == "ready"
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        time.sleep(0.3)  # the child is waiting
+        wait_until(lambda: sleeping_in_futex(proc.pid), what="the child to wait for the lock")
         holder.release()
         out, _ = proc.communicate(timeout=60)
     finally:

@@ -16,8 +16,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -28,7 +27,32 @@ from aplock._posix import handle as _handle
 from aplock._posix import identity as _process
 from aplock._posix import record as _state
 
-APLOCK_DIR = os.path.dirname(aplock.__file__)
+
+def handle_of(lock: aplock.Lock) -> _handle.Handle:
+    """The POSIX handle behind *lock* (its internals, for tests that inspect them)."""
+    h = lock._h
+    assert isinstance(h, _handle.Handle)
+    return h
+
+
+def parked(thread: threading.Thread) -> bool:
+    """Whether *thread* (of this process) is in a semaphore wait of the lock protocol."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    return frame is not None and frame.f_code.co_qualname == "Handle.take"
+
+
+def reset(lock: aplock.Lock) -> None:
+    """Make *lock* free again, whatever a test left it as (test-only surgery)."""
+    h = lock._h
+    assert isinstance(h, _handle.Handle)
+    with h.guard.held():
+        h.words[_state.INTENT_WORD] = 0
+        if h.token.value == 1:
+            h.token.acquire(0)
+        h.words[_state.PID_WORD] = 0
+        if h.sem.value == 0:
+            h.sem.release()
+
 
 # -- the shared scoreboard of the chaos tests ------------------------------------------
 
@@ -200,314 +224,6 @@ def chaos_async(name: str, path: str, out: str, seed: int, backend: str, tasks: 
             report(out, f"LEAK {backend}: this process holds the lock after all its tasks ended")
 
 
-# -- killing a process at every bytecode of an operation -------------------------------
-
-
-def _trace_to_death(at: int, log: list[str] | None, sig: int = signal.SIGKILL) -> None:
-    """Send *sig* to this process just before the *at*-th bytecode run inside aplock.
-
-    With *log*, record where each bytecode is instead (and never signal).
-    """
-    count = 0
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal count
-        if event == "opcode":
-            count += 1
-            if log is not None:
-                code = frame.f_code
-                log.append(
-                    f"{os.path.basename(code.co_filename)}:{frame.f_lineno} "
-                    f"{code.co_name}@{frame.f_lasti}"
-                )
-            elif count == at:
-                os.kill(os.getpid(), sig)
-        return local
-
-    def start(frame: FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename.startswith(APLOCK_DIR):
-            frame.f_trace_opcodes = True
-            return local
-        return None
-
-    sys.settrace(start)
-
-
-@dataclass(frozen=True, slots=True)
-class KillPoint:
-    """What one SIGKILL left behind, and what the next waiter made of it."""
-
-    op: str
-    at: int
-    where: str
-    sem: int
-    token: int
-    holder: str  # "none", "detached", "dead", "live"
-    outcome: str  # "free", "recovered", "repaired", "stuck", "completed", "BROKEN ..."
-    seconds: float
-
-
-def _fork(body: Callable[[], None]) -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            body()
-        finally:
-            os._exit(0)
-    return pid
-
-
-def _reap(pid: int) -> int:
-    _, status = os.waitpid(pid, 0)
-    return status
-
-
-def _dead_holder(lock: aplock.Lock, half_done: bool) -> None:
-    """Leave *lock* held by a process that died (after its token, or just before)."""
-
-    def die() -> None:
-        h = lock._h
-        assert isinstance(h, _handle.Handle)
-        if half_done:
-            h.sem.acquire(0)
-            me = _process.identity()
-            generation = h.words[_state.GENERATION_WORD] + 1
-            _state.write_hold(h.mm, generation, me, time.time())
-        else:
-            lock.acquire()
-
-    _reap(_fork(die))
-
-
-def _holder_state(h: _handle.Handle) -> str:
-    snap = h.snapshot()
-    if snap.pid == 0:
-        return "none"
-    if snap.pid < 0:
-        return "detached"
-    return "dead" if _process.is_proven_dead(snap.holder) else "live"
-
-
-def _reset(lock: aplock.Lock) -> None:
-    """Make *lock* free again, whatever a test left it as (test-only surgery)."""
-    h = lock._h
-    assert isinstance(h, _handle.Handle)
-    with h.guard.held():
-        h.words[_state.INTENT_WORD] = 0
-        if h.token.value == 1:
-            h.token.acquire(0)
-        h.words[_state.PID_WORD] = 0
-        if h.sem.value == 0:
-            h.sem.release()
-
-
-OPS = ("acquire", "acquire_wait", "release", "release_other", "hand_off", "recover", "repair")
-
-
-def _operation(
-    op: str, lock: aplock.Lock, driver: int
-) -> tuple[Callable[[], None], Callable[[], None]]:
-    """``(prepare, traced)`` for *op*: prepare runs in the child untraced, then traced."""
-    h = lock._h
-    assert isinstance(h, _handle.Handle)
-
-    def nothing() -> None:
-        pass
-
-    def acquire() -> None:
-        lock.acquire()
-
-    def acquire_wait() -> None:
-        core_of(lock).wait(Deadline.after(5), None)
-
-    def hand_off() -> None:
-        lock.hand_off(driver)
-
-    def recover() -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            h.recover()
-
-    def suspect() -> None:
-        h._suspect = h._held_by()
-        h._suspect_since = time.monotonic() - 10 * _handle.STUCK_AFTER
-
-    table: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
-        "acquire": (nothing, acquire),
-        "acquire_wait": (nothing, acquire_wait),
-        "release": (acquire, lock.release),
-        "release_other": (nothing, lock.release),
-        "hand_off": (acquire, hand_off),
-        "recover": (nothing, recover),
-        "repair": (suspect, recover),
-    }
-    return table[op]
-
-
-def _setup(op: str, lock: aplock.Lock) -> None:
-    """Bring *lock* (free) into the state that *op* starts from."""
-    if op == "release_other":
-        assert lock.acquire(timeout=5)  # held by the (live) driver
-    elif op == "recover":
-        _dead_holder(lock, half_done=False)
-    elif op == "repair":
-        _dead_holder(lock, half_done=True)
-
-
-def _settle(op: str, at: int, where: str, lock: aplock.Lock) -> KillPoint:
-    """Classify what the dead child left, then try to take the lock as the next waiter."""
-    h = lock._h
-    assert isinstance(h, _handle.Handle)
-    sem, token = h.sem.value, h.token.value
-    holder = _holder_state(h)
-    me = os.getpid()
-
-    def point(outcome: str, seconds: float = 0.0) -> KillPoint:
-        return KillPoint(op, at, where, sem, token, holder, outcome, seconds)
-
-    if sem + token > 1:
-        return point("BROKEN: both semaphores posted")
-    if sem == 1 and holder != "none":
-        return point(f"BROKEN: free but the record names a {holder} holder")
-    if holder == "live" and h.snapshot().pid == me:
-        # The record names us: the child was releasing our acquisition, or handing
-        # the lock to us. A release that had taken H is finished by the next waiter;
-        # otherwise the lock is still ours, and our release must work.
-        if token == 0 and lock.acquire(timeout=0.5):
-            lock.release()
-            return point("completed")
-        try:
-            lock.release()
-        except aplock.LockNotHeldError:
-            return point("BROKEN: the live holder could not release its lock")
-        return point("handed-back")
-    if holder in ("live", "detached") or (sem, token, holder) == (0, 0, "none"):
-        # Nobody can be proven dead: a waiter must not get it, whatever it waits.
-        if lock.acquire(timeout=0.3):
-            return point("BROKEN: acquired a lock whose holder is alive or unknown")
-        _reset(lock)
-        return point("wedged-live" if holder == "live" else "stuck")
-    bound = 3.0 + (_handle.STUCK_AFTER if token == 0 else 0.0)
-    start = time.monotonic()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = lock.acquire(timeout=bound + 10)
-    took = time.monotonic() - start
-    if not got:
-        _reset(lock)
-        return point("BROKEN: never recovered", took)
-    snap = h.snapshot()
-    warned = any(isinstance(w.message, aplock.AbandonedLockWarning) for w in caught)
-    lock.release()
-    if snap.pid != me or took > bound:
-        return point(f"BROKEN: recovered as pid {snap.pid} after {took:.2f}s", took)
-    if sem == 1:
-        return point("free" if not warned else "BROKEN: warned for a free lock", took)
-    return point(("repaired" if token == 0 else "recovered") if warned else "silent", took)
-
-
-def _stopped(op: str, at: int, where: str, lock: aplock.Lock, child: int) -> KillPoint:
-    """The child is frozen at bytecode *at*: wait for the lock as a waiter, thaw it, judge.
-
-    A waiter must never take over from the frozen (live) child, and its timeout must
-    hold even then. A helper thaws the child after a few seconds in any case, so that
-    a waiter stuck behind it ends.
-    """
-    h = lock._h
-    assert isinstance(h, _handle.Handle)
-    sem, token, holder = h.sem.value, h.token.value, _holder_state(h)
-
-    def thaw_later() -> None:
-        time.sleep(4)
-        os.kill(child, signal.SIGCONT)
-
-    thawer = _fork(thaw_later)
-    start = time.monotonic()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = lock.acquire(timeout=1.0)
-    took = time.monotonic() - start
-    # Taking over from the child is robbery only while it lives: after a thaw it may
-    # have finished its step and exited holding the lock, which is a plain recovery.
-    robbed = [
-        w.message
-        for w in caught
-        if isinstance(w.message, aplock.AbandonedLockWarning)
-        and w.message.pid == child
-        and not _process.is_proven_dead(_process.identity_of(child))
-    ]
-    if got:
-        lock.release()
-    os.kill(child, signal.SIGCONT)
-    os.kill(thawer, signal.SIGKILL)
-    _reap(thawer)
-    _reap(child)
-    after = _settle(op, at, where, lock)
-    if robbed:
-        outcome = "BROKEN: took the lock over from a frozen, live process"
-    elif after.outcome.startswith("BROKEN"):
-        outcome = after.outcome
-    elif took > 2.5:
-        outcome = "overrun"  # the waiter's timeout (1 s) did not hold
-    else:
-        outcome = "got" if got else "waited"
-    return KillPoint(op, at, where, sem, token, holder, outcome, took)
-
-
-def killpoints(name: str, op: str, stride: int, offset: int, out: str, stop: bool = False) -> None:
-    """Kill (or freeze) a forked child at every *stride*-th bytecode of *op*.
-
-    Writes one line per point to *out*. Runs in a fresh (spawned, single-threaded)
-    process, so forking is safe.
-    """
-    warnings.simplefilter("ignore")
-    lock = aplock.Lock(name, recovery_interval=0.02)
-    driver = os.getpid()
-    prepare, traced = _operation(op, lock, driver)
-    # A dry run lists the bytecodes of the operation.
-    _setup(op, lock)
-    r, w = os.pipe()
-
-    def dry() -> None:
-        os.close(r)
-        log: list[str] = []
-        prepare()
-        _trace_to_death(0, log)
-        traced()
-        sys.settrace(None)
-        os.write(w, "\n".join(log).encode())
-
-    pid = _fork(dry)
-    os.close(w)
-    with os.fdopen(r) as f:
-        where = f.read().splitlines()
-    _reap(pid)
-    _settle(op, 0, "", lock)
-    with open(out, "a") as f:
-        f.write(f"# {op} {len(where)}\n")
-    sig = signal.SIGSTOP if stop else signal.SIGKILL
-    for at in range(1 + offset, len(where) + 1, stride):
-        _setup(op, lock)
-
-        def child(at: int = at) -> None:
-            prepare()
-            _trace_to_death(at, None, sig)
-            traced()
-
-        pid = _fork(child)
-        _, status = os.waitpid(pid, os.WUNTRACED)
-        if os.WIFSTOPPED(status):
-            point = _stopped(op, at, where[at - 1], lock, pid)
-        else:
-            died = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-            point = _settle(op, at, where[at - 1] if died else "(survived)", lock)
-        with open(out, "a") as f:
-            f.write(
-                f"{point.op}\t{point.at}\t{point.where}\t{point.sem}{point.token}\t"
-                f"{point.holder}\t{point.outcome}\t{point.seconds:.2f}\n"
-            )
-
-
 # -- signal handlers that raise -------------------------------------------------------
 
 
@@ -535,7 +251,7 @@ def _state_after_interrupt(lock: aplock.Lock) -> str:
     if state == (0, 1, "me"):
         lock.release()
         return "held by this process"
-    _reset(lock)
+    reset(lock)
     if state == (0, 0, "nobody"):
         return "STUCK: taken, nobody recorded"
     if state == (0, 0, "me"):
@@ -640,22 +356,6 @@ def open_race(names: list[str], start: Any, out: Any) -> None:
     for lock in locks:
         if lock.locked() and lock.info().holder_pid == os.getpid():
             lock.release()
-
-
-def guard_is_free(name: str, out: Any) -> None:
-    """Report whether this process can take the lock's guard right now (without waiting)."""
-    import fcntl
-
-    lock = aplock.Lock(name)
-    h = lock._h
-    assert isinstance(h, _handle.Handle)
-    try:
-        fcntl.flock(h.guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        out.send(False)
-    else:
-        fcntl.flock(h.guard_fd, fcntl.LOCK_UN)
-        out.send(True)
 
 
 def guard_prober(name: str, flag: str, seconds: float, conn: Any) -> None:

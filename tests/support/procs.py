@@ -50,6 +50,43 @@ def kill(proc: multiprocessing.process.BaseProcess, sig: int = signal.SIGKILL) -
     os.kill(proc.pid, sig)
 
 
+def stopped(pid: int) -> bool:
+    """Whether process *pid* is stopped (by SIGSTOP), as ``/proc`` says."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def waiting_for_flock(pid: int) -> bool:
+    """Whether process *pid* is blocked waiting for a ``flock`` (a guard), as
+    ``/proc/locks`` lists it."""
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1:3] == ["->", "FLOCK"] and fields[5:6] == [str(pid)]:
+                return True
+    return False
+
+
+def sleeping_in_futex(pid: int) -> bool:
+    """Whether the main thread of process *pid* sleeps in a futex wait, as a semaphore
+    wait does (in a single-threaded child nothing else waits on a futex)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "futex" in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def leave_a_dead_holder(name: str) -> int:
+    """Let a spawned child acquire lock *name* and exit holding it; return its pid."""
+    from tests.support import workers
+
+    with running(workers.acquire_and_exit, name) as (proc,):
+        proc.join(60)
+    assert proc.pid is not None
+    return proc.pid
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     """Poll *predicate* until true; fail after *timeout* seconds."""
     end = time.monotonic() + timeout
