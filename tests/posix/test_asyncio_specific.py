@@ -22,7 +22,8 @@ async def test_task_cancel_interrupts_a_wait(lock_name: str) -> None:
     with running(workers.hold_until_killed, lock_name, acquired) as (proc,):
         assert acquired.wait(60)
         task = asyncio.ensure_future(alock.acquire())
-        await asyncio.sleep(0.2)
+        while alock.statistics().tasks_waiting == 0:  # the task waits in the gate
+            await asyncio.sleep(0.005)
         start = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -47,12 +48,13 @@ async def test_asyncio_timeout(lock_name: str) -> None:
         proc.kill()
 
 
-async def test_task_cancel_racing_release_never_leaks(lock_name: str) -> None:
-    rng = random.Random(3)
-    lock = aplock.Lock(lock_name)
-    alock = aplock.AsyncLock(lock_name)
+async def cancel_racing_release(name: str, rounds: int, seed: int) -> None:
+    """*rounds* times: ``Task.cancel()`` a waiting acquire while a thread releases."""
+    rng = random.Random(seed)
+    lock = aplock.Lock(name)
+    alock = aplock.AsyncLock(name)
     outcomes = {"acquired": 0, "cancelled": 0}
-    for _ in range(200):
+    for _ in range(rounds):
         assert lock.acquire(timeout=10)
         timer = threading.Timer(rng.uniform(0, 0.02), lock.release)
         timer.start()
@@ -74,3 +76,13 @@ async def test_task_cancel_racing_release_never_leaks(lock_name: str) -> None:
         wait_until(lambda: not lock.locked(), timeout=2, what="the lock to be free")
     assert outcomes["acquired"] > 0, outcomes
     assert outcomes["cancelled"] > 0, outcomes
+
+
+async def test_task_cancel_racing_release_never_leaks(lock_name: str) -> None:
+    await cancel_racing_release(lock_name, 60, seed=3)
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(600)
+async def test_task_cancel_racing_release_never_leaks_stress(lock_name: str) -> None:
+    await cancel_racing_release(lock_name, 3000, seed=4)

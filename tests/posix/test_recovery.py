@@ -16,6 +16,7 @@ import aplock
 from aplock._posix import handle as _handle
 from aplock._posix import identity as _process
 from aplock._posix import record as _state
+from aplock.sync import RECOVERY_INTERVAL
 from tests.support import workers
 from tests.support.procs import SPAWN, kill, running
 
@@ -109,14 +110,14 @@ def test_a_zombie_holder_is_dead(lock_name: str) -> None:
 
 
 def test_a_stopped_holder_is_never_robbed(lock_name: str) -> None:
-    lock = aplock.Lock(lock_name)
+    lock = aplock.Lock(lock_name, recovery_interval=0.05)
     acquired = SPAWN.Event()
     with running(workers.hold_until_killed, lock_name, acquired) as (proc,):
         assert acquired.wait(60)
         assert proc.pid is not None
         os.kill(proc.pid, 19)  # SIGSTOP
         try:
-            assert lock.acquire(timeout=1.5) is False
+            assert lock.acquire(timeout=0.5) is False  # ten recovery checks
             assert lock.info().holder_alive is True
         finally:
             os.kill(proc.pid, 18)  # SIGCONT
@@ -124,7 +125,7 @@ def test_a_stopped_holder_is_never_robbed(lock_name: str) -> None:
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_holder(lock_name: str) -> None:
-    lock = aplock.Lock(lock_name)
+    lock = aplock.Lock(lock_name, recovery_interval=0.05)
     handle = lock._h
     assert isinstance(handle, _handle.Handle)
     acquired = SPAWN.Event()
@@ -134,7 +135,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_holder(lock_name: str) -> None:
         lock.acquire()
         # The record names a live process, as the holder did, with its start time:
         lock.hand_off(other.pid)
-        assert lock.acquire(timeout=0.8) is False
+        assert lock.acquire(timeout=0.4) is False  # eight recovery checks
         # Same pid, another start time: a different process that reuses the pid.
         snap = handle.snapshot()
         with handle.guard.held():
@@ -218,12 +219,13 @@ def test_detached_hand_off_is_never_taken_over(lock_name: str) -> None:
     with running(workers.hand_off_and_exit, lock_name, None, done) as (proc,):
         assert done.wait(60)
         proc.join(30)
-    lock = aplock.Lock(lock_name)
+    lock = aplock.Lock(lock_name, recovery_interval=0.05)
     info = lock.info()
     assert info.locked
     assert info.holder_pid == -1
     assert "detached" in repr(lock)
-    assert lock.acquire(timeout=1.0) is False  # its holder exited, but it was handed off
+    # Its holder exited, but it was handed off: ten recovery checks leave it alone.
+    assert lock.acquire(timeout=0.5) is False
     lock.release()  # the deliberate releaser
     assert lock.acquire(timeout=5)
     lock.release()
@@ -258,7 +260,8 @@ def test_recovery_can_be_turned_off(lock_name: str) -> None:
         assert acquired.wait(60)
         kill(proc)
         proc.join(10)
-        assert lock.acquire(timeout=1.0) is False
+        # Two intervals of the default: a waiter that checked would have taken it over.
+        assert lock.acquire(timeout=2 * RECOVERY_INTERVAL) is False
         assert lock.info().holder_alive is False
     with pytest.warns(aplock.AbandonedLockWarning):
         assert aplock.Lock(lock_name).acquire(timeout=30)
@@ -303,19 +306,21 @@ async def test_async_waiter_recovers(lock_name: str) -> None:
 
         async def acquire_while_the_holder_dies() -> bool:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(kill_soon)
+                tg.start_soon(kill_once_waiting)
                 got = await alock.acquire(timeout=30)
             return got  # noqa: RET504 - mypy cannot see that the group returns
 
-        async def kill_soon() -> None:
-            await anyio.sleep(0.2)
+        async def kill_once_waiting() -> None:
+            with anyio.fail_after(10):
+                while alock.statistics().tasks_waiting == 0:
+                    await anyio.sleep(0.005)
             kill(proc)
 
         start = time.monotonic()
         with pytest.warns(aplock.AbandonedLockWarning):
             got = await acquire_while_the_holder_dies()
         assert got
-        assert time.monotonic() - start < BOUND + 0.2
+        assert time.monotonic() - start < BOUND
         acq = alock.acquisition
         assert acq is not None
         assert acq.abandoned_pid == proc.pid

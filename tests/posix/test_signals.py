@@ -20,16 +20,27 @@ lock = aplock.Lock(sys.argv[1])
 lock.acquire()  # held: the acquire below blocks
 def later(delay, fn):
     t = threading.Timer(delay, fn); t.daemon = True; t.start()
+def when_waiting(fn):
+    # Run fn in another thread once the main thread waits in the lock's semaphore.
+    main = threading.main_thread().ident
+    def watch():
+        while True:
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code.co_qualname == "Handle.take":
+                break
+            time.sleep(0.001)
+        fn()
+    threading.Thread(target=watch, daemon=True).start()
 """
 
 
-def run(code: str, name: str) -> subprocess.CompletedProcess[str]:
+def run(code: str, name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     script = PRELUDE + textwrap.dedent(code) + "\nlock.release()\naplock.unlink(sys.argv[1])\n"
     return subprocess.run(
-        [sys.executable, "-c", script, name],
+        [sys.executable, "-c", script, name, *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
 
@@ -89,7 +100,7 @@ def test_handler_exception_interrupts_promptly(lock_name: str, timeout: str) -> 
         class_error
         + f"""
 signal.signal(signal.SIGUSR1, raiser)
-later(0.2, lambda: os.kill(os.getpid(), signal.SIGUSR1))
+when_waiting(lambda: os.kill(os.getpid(), signal.SIGUSR1))
 start = time.monotonic()
 try:
     lock.acquire(timeout={timeout})
@@ -107,7 +118,7 @@ print(lock.acquire(False), lock.locked())
 def test_ctrl_c_raises_keyboard_interrupt(lock_name: str) -> None:
     proc = run(
         """
-        later(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+        when_waiting(lambda: os.kill(os.getpid(), signal.SIGINT))
         start = time.monotonic()
         try:
             lock.acquire()
@@ -126,7 +137,7 @@ def test_sigterm_handler_raising_system_exit_shuts_down(lock_name: str) -> None:
         def stop(*a):
             raise SystemExit(17)
         signal.signal(signal.SIGTERM, stop)
-        later(0.2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        when_waiting(lambda: os.kill(os.getpid(), signal.SIGTERM))
         try:
             lock.acquire()
         finally:
@@ -138,14 +149,16 @@ def test_sigterm_handler_raising_system_exit_shuts_down(lock_name: str) -> None:
     assert proc.returncode == 17, proc.stderr
 
 
-def test_signal_racing_a_release_never_leaks_the_lock(lock_name: str) -> None:
+def signal_racing_a_release(name: str, rounds: int) -> None:
+    """*rounds* rounds of a signal whose handler raises, racing a release by another thread
+    (before it, after it, or a little after): an interrupted acquire holds nothing."""
     proc = run(
         class_error
         + """
 signal.signal(signal.SIGUSR1, raiser)
 main = threading.main_thread().ident
 outcomes = {"acquired": 0, "interrupted": 0}
-for i in range(300):
+for i in range(int(sys.argv[2])):
     go, done = threading.Event(), threading.Event()
     delay = (i % 30) / 3000
     def helper():
@@ -179,7 +192,19 @@ for i in range(300):
         assert not lock.acquire(False)
 print("consistent", outcomes["acquired"] > 0, outcomes["interrupted"] > 0)
 """,
-        lock_name,
+        name,
+        str(rounds),
+        timeout=60 + rounds / 10,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["consistent", "True", "True"]
+
+
+def test_signal_racing_a_release_never_leaks_the_lock(lock_name: str) -> None:
+    signal_racing_a_release(lock_name, 90)
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(300)
+def test_signal_racing_a_release_never_leaks_the_lock_stress(lock_name: str) -> None:
+    signal_racing_a_release(lock_name, 3000)

@@ -21,6 +21,12 @@ from aplock._posix import handle as _handle
 
 #: Exit codes of a child's release().
 RELEASED, NOT_HELD = 0, 3
+#: ``STUCK_AFTER`` in the drivers, so that a waiter that must not repair a half-done step
+#: need not wait out the default to show it (read at each use).
+STUCK_AFTER = 0.1
+#: How long a driver's waiter waits for a lock it must not get: 16 recovery checks of
+#: 0.05 s, 8 times ``STUCK_AFTER``.
+MUST_NOT_GET = 0.8
 
 
 def set_last_pid(pid: int) -> None:
@@ -93,7 +99,7 @@ def judge_paused_release(name: str, paused_fd: int, resume_fd: int, wait: Any) -
     paused = os.read(paused_fd, 1) == b"p"
     w = aplock.Lock(name, recovery_interval=0.05)
     h = handle_of(w)
-    got_while_paused = w.acquire(timeout=2.0)
+    got_while_paused = w.acquire(timeout=MUST_NOT_GET)
     os.write(resume_fd, b"r")
     y_code = wait()
     got = got_while_paused or w.acquire(timeout=5.0)
@@ -167,7 +173,7 @@ def foreign_proc(name: str, zombie: int) -> dict[str, Any]:
     os.read(held_r, 1)
     waiter = aplock.Lock(name, recovery_interval=0.05)
     info = waiter.info()
-    robbed = waiter.acquire(timeout=1.5)
+    robbed = waiter.acquire(timeout=MUST_NOT_GET)
     if robbed:
         waiter.release()
     os.write(done_w, b"d")
@@ -183,6 +189,7 @@ def foreign_proc(name: str, zombie: int) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     warnings.simplefilter("ignore")
+    _handle.STUCK_AFTER = STUCK_AFTER
     mode, *args = argv
     if mode == "release-as":
         pid, name, paused_fd, resume_fd = args
