@@ -26,5 +26,4 @@ def test_capabilities_match_the_classes(kind: Kind) -> None:
     }
     assert {attr: hasattr(cls, attr) for attr in has} == has
     assert inspect.iscoroutinefunction(cls.acquire) == kind.is_async
-    assert ("__reduce__" in {k for c in cls.__mro__[:-1] for k in vars(c)}) == kind.pickles
     assert inspect.iscoroutinefunction(getattr(cls, "__aenter__", None)) == kind.is_async
