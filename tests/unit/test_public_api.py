@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_MODULES = (
     "aplock",
     "aplock.sync",
+    "aplock.semaphore",
     "aplock.aio",
     "aplock.startup",
     "aplock.postgres",
@@ -77,6 +78,7 @@ def test_all_lists_exactly_the_public_names() -> None:
         "aio",
         "errors",
         "sync",
+        "semaphore",
         "startup",
         "postgres",
     }
