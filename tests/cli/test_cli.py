@@ -1,4 +1,4 @@
-"""The ``aplock`` command, end to end as a subprocess."""
+"""The ``aplock`` command, end to end as a subprocess (its argument checks in process)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 import aplock
 from aplock._cli import inspect as _inspect
+from aplock._cli.command import main
 from aplock._names import posix_names
 from aplock._posix import record as _state
 from aplock.startup import FileMarker
@@ -36,6 +37,17 @@ def cli(*args: str, errors: str = "strict") -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def cli_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command's ``main`` in this process: for the cases that only check the
+    arguments (usage errors, help), which touch no lock and need no process of their own."""
+    try:
+        code: Any = main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 def listed(name: str) -> dict[str, Any] | None:
@@ -120,10 +132,10 @@ def test_clean_refuses_a_free_lock_that_a_process_has_open(lock_name: str) -> No
         stop.set()
 
 
-def test_usage_errors_exit_2() -> None:
-    assert cli().returncode == 2
-    assert cli("frobnicate").returncode == 2
-    assert cli("--version").stdout.startswith("aplock ")
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_here(capsys).returncode == 2
+    assert cli_here(capsys, "frobnicate").returncode == 2
+    assert cli("--version").stdout.startswith("aplock ")  # the entry point, end to end
 
 
 def test_repair_frees_a_stuck_lock_and_only_a_stuck_lock(lock_name: str) -> None:
@@ -280,8 +292,10 @@ def test_a_record_of_another_layout_or_no_record_at_all_breaks_nothing(lock_name
     [("show", ""), ("show", "", "--json"), ("clean", ""), ("clean", "x.y", ""), ("repair", "")],
     ids=["show", "show-json", "clean", "clean-second", "repair"],
 )
-def test_an_empty_name_is_a_one_line_usage_error(args: tuple[str, ...]) -> None:
-    out = cli(*args)
+def test_an_empty_name_is_a_one_line_usage_error(
+    args: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = cli_here(capsys, *args)
     assert out.returncode == 2
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1, out.stderr
@@ -290,8 +304,10 @@ def test_an_empty_name_is_a_one_line_usage_error(args: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize("observe", ["-1", "0", "nan", "inf"])
-def test_a_bad_observation_time_is_a_one_line_usage_error(observe: str) -> None:
-    out = cli("repair", "some.lock", "--observe", observe)
+def test_a_bad_observation_time_is_a_one_line_usage_error(
+    observe: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = cli_here(capsys, "repair", "some.lock", "--observe", observe)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1, out.stderr
     assert "--observe must be a number of seconds above 0" in out.stderr
@@ -429,8 +445,11 @@ def _words(text: str) -> str:
     return " ".join(text.split())
 
 
-def test_repair_help_and_the_how_to_say_the_same_thing() -> None:
-    usage, description, *_ = cli("repair", "--help").stdout.split("\n\n")
+def test_repair_help_and_the_how_to_say_the_same_thing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # as in a pipe: argparse wraps to the terminal
+    usage, description, *_ = cli_here(capsys, "repair", "--help").stdout.split("\n\n")
     assert usage.startswith("usage: aplock repair")
     description = _words(description)
     how_to = _words((ROOT / "docs" / "how-to" / "inspect-and-clean.md").read_text())
@@ -439,6 +458,6 @@ def test_repair_help_and_the_how_to_say_the_same_thing() -> None:
     caveat = description[description.find("It is safe unless") :]
     assert caveat.startswith("It is safe unless a user of the lock is paused (SIGSTOP, a debugger)")
     assert caveat in how_to
-    for text in (description, how_to, _words(cli("--help").stdout)):
+    for text in (description, how_to, _words(cli_here(capsys, "--help").stdout)):
         assert "stop or pause its users first" not in text
         assert "stop the lock's users first" not in text
