@@ -1,15 +1,20 @@
-"""The benchmark harness runs end to end and reports every metric (no timing asserted)."""
+"""The benchmark harness runs end to end and reports every metric (no timing asserted).
+
+The smoke run starts in the background, at low priority, as soon as collection has
+selected these tests, and runs while the other tests do.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import background
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,24 +39,25 @@ def _aplock_values(data: dict[str, Any], metric: str) -> list[dict[str, float]]:
     return [row["values"] for row in _rows(data, metric) if row["peer"] == "aplock"]
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One ``python -m bench --smoke`` run, as its JSON output."""
-    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+def _smoke_job() -> background.Job:
+    """``python -m bench --smoke``, started in the background once collection has selected
+    a test that reads it (see ``tests.support.background``); its JSON goes to a file."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
+    argv = [sys.executable, "-m", "bench", "--smoke", "--json", "{scratch}/smoke.json"]
+    return background.job("smoke_run", argv, cwd=str(ROOT), env=env)
+
+
+SMOKE = _smoke_job()
+
+
+@pytest.fixture(scope="module")
+def smoke_run() -> dict[str, Any]:
+    """One ``python -m bench --smoke`` run, as its JSON output."""
+    proc = SMOKE.wait(timeout=100)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     assert "### Targets" in proc.stdout
-    data: dict[str, Any] = json.loads(out.read_text())
+    data: dict[str, Any] = json.loads((Path(SMOKE.scratch) / "smoke.json").read_text())
     return data
 
 
