@@ -341,7 +341,7 @@ def kill_rounds(lock_name: str, rounds: int, seed: int, tmp: str) -> None:
 
 
 def test_kill_holders_at_random_points(lock_name: str, tmp_path: os.PathLike[str]) -> None:
-    kill_rounds(lock_name, 3, seed=4, tmp=str(tmp_path))
+    kill_rounds(lock_name, 2, seed=4, tmp=str(tmp_path))
 
 
 @pytest.mark.stress
