@@ -239,12 +239,7 @@ BOUNDED_SEMAPHORE = replace(
     twin="AsyncSemaphore(BoundedSemaphore)",
     release_free_raises=True,
     not_held_says=r"every permit \(1\) is free",
-    defects={
-        "test_closed_error_says_what_to_do": (
-            "the LockClosedError of a closed BoundedSemaphore says to create a new "
-            "aplock.Semaphore(name), which raises LockKindError on that name"
-        )
-    },
+    defects={},
 )
 ASYNC_SEMAPHORE = replace(
     SEMAPHORE,

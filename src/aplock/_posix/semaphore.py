@@ -45,15 +45,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aplock._core import Takeover, warn_abandoned
 from aplock._names import PosixNames, posix_names
 from aplock.errors import (
-    LockClosedError,
     LockError,
     LockKindError,
     LockNotHeldError,
@@ -65,6 +63,7 @@ from . import record as _record
 from . import slots as _slots
 from .handle import DEFAULT_MODE
 from .identity import Identity, identity, is_proven_dead
+from .registry import ClosedHandle, Registry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -420,8 +419,11 @@ def kind_name(bounded: bool) -> str:
 
 # -- this process's handles ------------------------------------------------------------
 
-_handles: weakref.WeakValueDictionary[str, SemHandle] = weakref.WeakValueDictionary()
-_handles_lock = threading.Lock()
+_HANDLES: Registry[SemHandle] = Registry()
+
+
+def _is_current(handle: SemHandle) -> bool:
+    return handle.is_current()
 
 
 def open_handle(name: str, mode: int, bounded: bool, value: int) -> SemHandle:
@@ -430,54 +432,14 @@ def open_handle(name: str, mode: int, bounded: bool, value: int) -> SemHandle:
     A handle whose record was unlinked since (by ``aplock.unlink`` or another process)
     is replaced: new objects open the new semaphore, as other processes do.
     """
-    with _handles_lock:
-        handle = _handles.get(name)
-        if handle is None or not handle.is_current():
-            handle = SemHandle(name, mode, bounded, value)
-            _handles[name] = handle
+    handle = _HANDLES.get(name, lambda: SemHandle(name, mode, bounded, value), _is_current)
     handle.check(bounded, value)
     return handle
 
 
 def forget_handle(name: str) -> None:
     """Let the next ``open_handle(name)`` open the OS objects anew (after an unlink)."""
-    with _handles_lock:
-        _handles.pop(name, None)
-
-
-def _before_fork() -> None:
-    _handles_lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _handles_lock.release()
-
-
-def _after_fork_in_child() -> None:
-    global _handles_lock
-    _handles_lock = threading.Lock()
-    for handle in _handles.values():
-        handle.reset_after_fork()
-
-
-os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-)
-
-
-class _Closed:
-    """Stands in for the handle of a closed semaphore: any use raises ``LockClosedError``."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        raise LockClosedError(
-            self.name,
-            "this object was closed; create a new aplock.Semaphore(name) to use it again",
-        )
+    _HANDLES.forget(name)
 
 
 class SemaphoreCore:
@@ -496,7 +458,7 @@ class SemaphoreCore:
         self._bounded = bounded
         self._value = value
         self.recovery_interval = recovery_interval
-        self.h: SemHandle | _Closed = open_handle(name, mode, bounded, value)
+        self.h: SemHandle | ClosedHandle = open_handle(name, mode, bounded, value)
 
     @property
     def name(self) -> str:
@@ -576,9 +538,10 @@ class SemaphoreCore:
     @property
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
-        return isinstance(self.h, _Closed)
+        return isinstance(self.h, ClosedHandle)
 
     def close(self) -> None:
         """Stop using the handle; later calls raise ``LockClosedError``."""
         if isinstance(self.h, SemHandle):
-            self.h = _Closed(self._name)
+            opener = "aplock.BoundedSemaphore" if self._bounded else "aplock.Semaphore"
+            self.h = ClosedHandle(self._name, opener)
