@@ -8,7 +8,6 @@ mirrors the methods here.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -16,7 +15,7 @@ import weakref
 
 from aplock._core import Takeover
 from aplock._names import PosixNames, posix_names
-from aplock.errors import LockError, LockKindError, LockNotHeldError, LockPermissionError
+from aplock.errors import LockError, LockKindError, LockNotHeldError
 
 from . import ipc as _posix
 from . import record as _state
@@ -24,7 +23,7 @@ from .identity import Identity, identity, is_proven_dead
 from .record import Intent
 
 #: Default permission bits of a lock's OS objects: only this user may open them.
-DEFAULT_MODE = 0o600
+DEFAULT_MODE = _posix.DEFAULT_MODE
 #: How long a dead holder's half-finished step must stay unchanged before it is repaired.
 STUCK_AFTER = 0.5
 #: How long the holder's own process lets its other threads finish an unguarded step
@@ -76,19 +75,11 @@ class Handle:
     def __init__(self, name: str, mode: int) -> None:
         self.name = name
         self.names: PosixNames = posix_names(name, short=_posix.SHORT_NAMES)
-        self.fd, self.mm, owner = _posix.open_record(name, self.names.record, mode, _state.SIZE)
         with contextlib.ExitStack() as undo:  # close what was opened if a later step fails
-            undo.callback(os.close, self.fd)
-            undo.callback(self.mm.close)
-            if owner != os.geteuid() and mode == DEFAULT_MODE and os.geteuid() != 0:
-                raise LockPermissionError(
-                    name,
-                    f"its OS objects belong to uid {owner}, not to this user; use another "
-                    "name, or pass the mode the owner shared it with (e.g. mode=0o666)",
-                )
-            self.guard_fd = _posix.open_guard(name, self.fd, self.names.base, mode)
-            undo.callback(os.close, self.guard_fd)
-            self.guard: _posix.Guard | _posix.FailedGuard = _posix.Guard(name, self.guard_fd)
+            self.fd, self.mm, self.guard_fd, guard = _posix.open_guarded_record(
+                name, self.names, mode, _state.SIZE, undo
+            )
+            self.guard: _posix.Guard | _posix.FailedGuard = guard
             version = _state.layout(self.mm)
             if version == 0:
                 # A new name: claim it for a lock, under the guard (a semaphore may race).

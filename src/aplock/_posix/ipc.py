@@ -47,6 +47,9 @@ except ImportError:  # pragma: no cover - not CPython
     _sigmask = signal.pthread_sigmask
     _sigpending = signal.sigpending
 
+#: Default permission bits of a lock's OS objects: only this user may open them.
+DEFAULT_MODE = 0o600
+
 BusyError = posix_ipc.BusyError
 SignalError = posix_ipc.SignalError
 Semaphore = posix_ipc.Semaphore
@@ -388,6 +391,28 @@ class FailedGuard:
         """Raise the error that left this process without a guard of its own."""
         raise self._error
         yield False  # pragma: no cover - makes this a generator
+
+
+def open_guarded_record(
+    name: str, names: PosixNames, mode: int, size: int, undo: contextlib.ExitStack
+) -> tuple[int, mmap.mmap, int, Guard]:
+    """Open the record of *name* and its guard: ``(fd, map, guard fd, guard)``.
+
+    What is opened is registered with *undo*, so that a later failure closes it. A record
+    of another user is refused unless the caller widened *mode* (or runs as root).
+    """
+    fd, mm, owner = open_record(name, names.record, mode, size)
+    undo.callback(os.close, fd)
+    undo.callback(mm.close)
+    if owner != os.geteuid() and mode == DEFAULT_MODE and os.geteuid() != 0:
+        raise LockPermissionError(
+            name,
+            f"its OS objects belong to uid {owner}, not to this user; use another "
+            "name, or pass the mode the owner shared it with (e.g. mode=0o666)",
+        )
+    guard_fd = open_guard(name, fd, names.base, mode)
+    undo.callback(os.close, guard_fd)
+    return fd, mm, guard_fd, Guard(name, guard_fd)
 
 
 def record_entries() -> list[str]:

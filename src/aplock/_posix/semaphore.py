@@ -55,13 +55,11 @@ from aplock.errors import (
     LockError,
     LockKindError,
     LockNotHeldError,
-    LockPermissionError,
 )
 
 from . import ipc as _posix
 from . import record as _record
 from . import slots as _slots
-from .handle import DEFAULT_MODE
 from .identity import Identity, identity, is_proven_dead
 from .registry import ClosedHandle, Registry
 
@@ -110,19 +108,11 @@ class SemHandle:
     def __init__(self, name: str, mode: int, bounded: bool, value: int) -> None:
         self.name = name
         self.names: PosixNames = posix_names(name, short=_posix.SHORT_NAMES)
-        self.fd, self.mm, owner = _posix.open_record(name, self.names.record, mode, _slots.SIZE)
         with contextlib.ExitStack() as undo:  # close what was opened if a later step fails
-            undo.callback(os.close, self.fd)
-            undo.callback(self.mm.close)
-            if owner != os.geteuid() and mode == DEFAULT_MODE and os.geteuid() != 0:
-                raise LockPermissionError(
-                    name,
-                    f"its OS objects belong to uid {owner}, not to this user; use another "
-                    "name, or pass the mode the owner shared it with (e.g. mode=0o666)",
-                )
-            self.guard_fd = _posix.open_guard(name, self.fd, self.names.base, mode)
-            undo.callback(os.close, self.guard_fd)
-            self.guard: _posix.Guard | _posix.FailedGuard = _posix.Guard(name, self.guard_fd)
+            self.fd, self.mm, self.guard_fd, guard = _posix.open_guarded_record(
+                name, self.names, mode, _slots.SIZE, undo
+            )
+            self.guard: _posix.Guard | _posix.FailedGuard = guard
             self.words = memoryview(self.mm).cast("q")
             undo.callback(self.words.release)
             self._claim_record(bounded, value)
