@@ -398,8 +398,8 @@ class AsyncBackend:
             loop = None
         if binding.loop is not loop:
             raise RuntimeError(
-                f"lock {self.name!r}: this AsyncPgLock is held in an event loop that is not "
-                "the one running in this thread; release it there"
+                f"lock {self.name!r}: this AsyncPgLock is held in another event loop than "
+                "the one running in this thread (if any); release it there"
             )
         self.held = False
         return binding
