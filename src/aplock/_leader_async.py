@@ -108,12 +108,13 @@ class _Term:
 class _Handover:
     """A thread's wait for a lock, and whether its task still wants what it gets."""
 
-    __slots__ = ("abandoned", "delivered", "mutex")
+    __slots__ = ("abandoned", "delivered", "finished", "mutex")
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
         self.abandoned = False
         self.delivered = False
+        self.finished = False
 
     def is_abandoned(self) -> bool:
         return self.abandoned
@@ -314,16 +315,19 @@ class AsyncLeadership:
         hand = _Handover()
 
         def wait() -> int | None:
-            while True:
-                got, took_over_from = side.wait(hand.is_abandoned)
-                with hand.mutex:
-                    if hand.abandoned:
+            try:
+                while True:
+                    got, took_over_from = side.wait(hand.is_abandoned)
+                    with hand.mutex:
+                        if hand.abandoned:
+                            if got:
+                                side.release()
+                            return None
                         if got:
-                            side.release()
-                        return None
-                    if got:
-                        hand.delivered = True
-                        return took_over_from
+                            hand.delivered = True
+                            return took_over_from
+            finally:
+                hand.finished = True
 
         try:
             return await anyio.to_thread.run_sync(
@@ -335,6 +339,11 @@ class AsyncLeadership:
                 delivered = hand.delivered
             if delivered:  # the thread got it as the task was cancelled: give it back
                 side.release()
+            # Within a slice the thread sees it and ends: once this returns, nothing of
+            # this leadership can take the lock any more.
+            with anyio.CancelScope(shield=True):
+                while not hand.finished:
+                    await anyio.sleep(0.002)
             raise
 
     async def _lead(self, won: Won) -> Raised | str:
