@@ -332,6 +332,7 @@ class Leadership:
             )
             self._thread = thread
             _running.add(self)
+            _stop_last_at_exit()
             thread.start()
         return self
 
@@ -655,7 +656,16 @@ def _forget_after_fork() -> None:
     _running.clear()
 
 
-atexit.register(_stop_at_exit)
+def _stop_last_at_exit() -> None:
+    """Stop at exit before anything registered so far, such as the lock's finalizers.
+
+    ``atexit`` runs the latest registration first; a ``weakref.finalize`` (the lock's
+    handle has one) registers weakref's own hook once, when the first one is made.
+    """
+    atexit.unregister(_stop_at_exit)
+    atexit.register(_stop_at_exit)
+
+
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 # -- the async twin, loaded with AnyIO on first use ------------------------------------------
