@@ -202,7 +202,7 @@ def test_native_cancellation_never_leaks(
 def test_native_cancellation_never_leaks_stress(
     lock_name: str, tmp_path: os.PathLike[str], use_uvloop: bool
 ) -> None:
-    native_cancellation(lock_name, str(tmp_path), use_uvloop, rounds=500, seed=6)
+    native_cancellation(lock_name, str(tmp_path), use_uvloop, rounds=300, seed=6)
 
 
 def several_loops(name: str, tmp: str, rounds: int) -> None:
@@ -253,7 +253,7 @@ def test_several_loops_in_several_threads(lock_name: str, tmp_path: os.PathLike[
 def test_several_loops_in_several_threads_stress(
     lock_name: str, tmp_path: os.PathLike[str]
 ) -> None:
-    several_loops(lock_name, str(tmp_path), rounds=300)
+    several_loops(lock_name, str(tmp_path), rounds=150)
 
 
 # -- several AsyncLock objects for one name in one event loop ---------------------------------
