@@ -309,4 +309,8 @@ class AsyncSemaphore:
         return (AsyncSemaphore, (self._semaphore,))
 
     def __repr__(self) -> str:
-        return repr(self._semaphore).replace("<aplock.", "<aplock.Async", 1)
+        inner = repr(self._semaphore)
+        bounded = "<aplock.BoundedSemaphore "
+        if inner.startswith(bounded):
+            return inner.replace(bounded, "<aplock.AsyncSemaphore (bounded) ", 1)
+        return inner.replace("<aplock.Semaphore ", "<aplock.AsyncSemaphore ", 1)

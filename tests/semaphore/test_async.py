@@ -59,6 +59,7 @@ async def test_shares_a_bounded_semaphore(lock_name: str) -> None:
     again = pickle.loads(pickle.dumps(sem))
     assert isinstance(again.semaphore, aplock.BoundedSemaphore)
     assert again.value == 1
+    assert repr(sem) == f"<aplock.AsyncSemaphore (bounded) {lock_name!r} value=1, 1 free>"
 
 
 async def test_checks_its_arguments(lock_name: str) -> None:
