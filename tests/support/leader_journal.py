@@ -2,9 +2,9 @@
 
 A job writes ``{"event": "start" | "beat" | "stop", "pid", "token", "t"}`` lines (``t`` on
 ``time.monotonic``, which is host-wide on Linux, so the lines of several processes
-compare), with one ``os.write`` per line so that lines never interleave. A term is the
-``(pid, token)`` of a start; it ends at its ``stop``, or, for a process the test killed,
-at the later of its last line and the moment the test sent the signal.
+compare), with one ``os.write`` per line so that lines never interleave. A term runs
+from a process's ``start`` to its ``stop``, or, for a process the test killed, to the
+later of its last line and the moment the test sent the signal.
 """
 
 from __future__ import annotations
@@ -61,31 +61,35 @@ class Term:
 def terms(entries: list[Entry], killed: dict[int, float]) -> list[Term]:
     """The terms of the journal, in the order they started.
 
-    *killed* maps each pid the test SIGKILLed to the time (monotonic) it sent the signal.
+    A process has at most one term at a time: its ``beat`` and ``stop`` lines belong to
+    its open term, and must carry that term's token. *killed* maps each pid the test
+    SIGKILLed to the time (monotonic) it sent the signal.
     """
-    found: dict[tuple[int, Any], Term] = {}
+    open_terms: dict[int, Term] = {}
     order: list[Term] = []
-    last_seen: dict[tuple[int, Any], float] = {}
+    last_seen: dict[int, float] = {}
     for e in entries:
-        key = (e["pid"], e.get("token"))
+        pid = e["pid"]
         if e["event"] == "start":
-            assert key not in found, f"two starts of term {key}: {entries}"
-            term = Term(e["pid"], e.get("token"), e["t"], took_over_from=e.get("took_over_from"))
-            found[key] = term
+            assert pid not in open_terms, f"two terms at once in process {pid}: {entries}"
+            term = Term(pid, e.get("token"), e["t"], took_over_from=e.get("took_over_from"))
+            open_terms[pid] = term
             order.append(term)
+            last_seen[pid] = e["t"]
         elif e["event"] in ("beat", "stop"):
-            current = found.get(key)
+            current = open_terms.get(pid)
             assert current is not None, f"a {e['event']} outside any term: {e}"
-            assert current.end is None, f"a line after the term's stop: {e}"
+            assert e.get("token") == current.token, f"a line of another term: {e}"
             if e["event"] == "beat":
                 current.beats.append(e["t"])
             else:
                 current.end, current.stopped = e["t"], True
-        last_seen[key] = e["t"]
-    for key, term in found.items():
-        if term.end is None and term.pid in killed:
+                del open_terms[pid]
+            last_seen[pid] = e["t"]
+    for pid, term in open_terms.items():
+        if pid in killed:
             term.killed = True
-            term.end = max(last_seen[key], killed[term.pid])
+            term.end = max(last_seen[pid], killed[pid])
     return order
 
 

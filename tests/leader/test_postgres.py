@@ -1,0 +1,106 @@
+"""Leadership across "hosts" on PostgreSQL: two process groups, each worker its own session.
+
+The leader's session is ended behind its back (``pg_terminate_backend``): the server
+frees the lock at once and a worker of either group takes it, while the old leader is
+still alive. Its job must be cancelled before the new leader's first heartbeat, which
+the journal shows (every term ended before the next started). A SIGKILLed leader's
+session ends with it; a graceful stop hands over after the settle time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from aplock.leader import settle
+from aplock.postgres import advisory_key
+from tests.support import leader_journal
+from tests.support.leader_workers import CHECK_INTERVAL, Crew
+from tests.support.pg_helpers import key_holders, terminate, wait_until
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(90)
+
+KINDS = ["asyncio", "trio", "threads"]
+
+
+def two_groups(crew: Crew, per_group: int = 2) -> dict[int, int]:
+    """Start two process groups of workers; each worker's pid -> its group's pgid."""
+    groups: dict[int, int] = {}
+    for _ in range(2):
+        first = crew.spawn(pgid=0)
+        crew.wait_ready(first)
+        groups[first] = first
+        for _ in range(per_group - 1):
+            pid = crew.spawn(pgid=first)
+            crew.wait_ready(pid)
+            groups[pid] = first
+    ready = {e["pid"]: e["pgid"] for e in crew.entries() if e["event"] == "ready"}
+    assert ready == groups
+    return groups
+
+
+def leader_backend(admin: Any, name: str) -> int:
+    """The backend pid of the session that holds the lock."""
+    holders: list[int] = []
+
+    def one() -> bool:
+        holders[:] = key_holders(admin, advisory_key(name))[0]
+        return len(holders) == 1
+
+    wait_until(one, what=f"one session to hold {name!r}")
+    return holders[0]
+
+
+def terminate_the_leader(crew: Crew, admin: Any, name: str) -> float:
+    """End the leader's session; wait for the next term; the seconds until it started."""
+    start = crew.wait_term()
+    crew.wait_for(lambda es: len(leader_journal.terms(es, {})[-1].beats) >= 3, "heartbeats")
+    ended = time.monotonic()
+    terminate(admin, leader_backend(admin, name))
+    entries = crew.wait_for(
+        lambda es: leader_journal.starts(es)[-1]["t"] > start["t"], "the next term"
+    )
+    assert start["pid"] in crew.procs  # the old leader lives on, as a standby
+    return float(leader_journal.starts(entries)[-1]["t"] - ended)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_terminated_session_cancels_the_job_before_the_next_leader_beats(
+    kind: str, pg: tuple[str, Any], dsn: str, tmp_path: Path
+) -> None:
+    name, admin = pg
+    with Crew(kind, name, str(tmp_path / "journal.jsonl"), dsn) as crew:
+        two_groups(crew)
+        takeovers = [terminate_the_leader(crew, admin, name) for _ in range(2)]
+        # A SIGKILLed leader: its connection closes with it, the server frees the lock.
+        start = crew.wait_term()
+        sent = crew.kill(start["pid"])
+        new = crew.wait_term(other_than=start["pid"])
+        killed_takeover = new["t"] - sent
+    assert crew.exit_codes() == [0] * len(crew.exit_codes())
+    order = leader_journal.check_one_writer(crew.entries(), crew.killed)
+    assert all(t.stopped or t.killed for t in order)
+    assert len(order) >= 4
+    assert all(t.token is None for t in order)  # PgLock has no fencing token yet
+    wanted = settle(CHECK_INTERVAL)
+    for took in [*takeovers, killed_takeover]:
+        assert wanted - 0.01 <= took <= wanted + 1.0, (takeovers, killed_takeover)
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("kind", KINDS)
+def test_sessions_terminated_again_and_again(
+    kind: str, pg: tuple[str, Any], dsn: str, tmp_path: Path
+) -> None:
+    name, admin = pg
+    with Crew(kind, name, str(tmp_path / "journal.jsonl"), dsn) as crew:
+        two_groups(crew)
+        for _ in range(15):
+            terminate_the_leader(crew, admin, name)
+    order = leader_journal.check_one_writer(crew.entries(), crew.killed)
+    assert len(order) >= 16
