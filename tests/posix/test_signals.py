@@ -115,6 +115,51 @@ print(lock.acquire(False), lock.locked())
     assert proc.stdout.split() == ["Interrupted", "from_the_handler", "True", "False", "True"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a handler that runs at the entry of aplock._posix.ipc.restore_signals (a Python "
+    "function, where pending handlers run) raises before the mask is put back: the main "
+    "thread is left with every signal blocked",
+)
+def test_a_signal_taken_by_another_thread_leaves_nothing_blocked(lock_name: str) -> None:
+    """In a process with other threads, a signal that the waiting main thread defers is
+    delivered to another thread, and its handler runs on the main thread at its next
+    bytecode. Once it has raised, the main thread's signal mask must be what it was."""
+    proc = run(
+        class_error
+        + """
+signal.signal(signal.SIGUSR1, raiser)
+main = threading.main_thread().ident
+go = threading.Semaphore(0)
+def sender():  # started before any wait, so it never blocks SIGUSR1
+    while go.acquire():
+        while True:
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code.co_qualname == "Handle.take":
+                break
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGUSR1)
+threading.Thread(target=sender, daemon=True).start()
+interrupted = blocked = 0
+for _ in range(5):
+    go.release()
+    try:
+        lock.acquire(timeout=10)
+    except Interrupted:
+        interrupted += 1
+    if signal.SIGUSR1 in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        blocked += 1
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+print(interrupted, blocked)
+""",
+        lock_name,
+    )
+    assert proc.returncode == 0, proc.stderr
+    interrupted, blocked = proc.stdout.split()
+    assert interrupted == "5", f"only {interrupted} of 5 waits were interrupted"
+    assert blocked == "0", f"{blocked} of 5 interruptions left the main thread's signals blocked"
+
+
 def test_ctrl_c_raises_keyboard_interrupt(lock_name: str) -> None:
     proc = run(
         """
