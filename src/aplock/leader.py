@@ -101,14 +101,14 @@ __all__ = [
 
 logger = logging.getLogger("aplock")
 
-#: Default seconds between two confirmations, by the leader, that it holds the lock.
 CHECK_INTERVAL = 0.2
-#: Default seconds before campaigning again after the job raised (doubled in a row).
+"""Default seconds between two confirmations, by the leader, that it holds the lock."""
 RETRY_DELAY = 1.0
-#: Default cap of the delay before campaigning again.
+"""Default seconds before campaigning again after the job raised (doubled in a row)."""
 MAX_RETRY_DELAY = 30.0
-#: Seconds that ``Leadership`` waits at interpreter exit for its job to end.
+"""Default cap of the delay before campaigning again."""
 EXIT_TIMEOUT = 10.0
+"""Seconds that ``Leadership`` waits at interpreter exit for its job to end."""
 #: Seconds after which a job that was told its term ended and has not returned is logged.
 _SLOW_STOP = 5.0
 
