@@ -10,20 +10,17 @@ acquisition, prompt shutdown.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from anyio import WouldBlock
 
 from . import _gate
+from ._context import AsyncWithAcquire as _AsyncWithAcquire
 from ._core import core_of
 from ._deadline import normalize_timeout
 from ._posix.handle import DEFAULT_MODE
 from .semaphore import Semaphore, SemaphoreInfo, check_value
 from .sync import RECOVERY_INTERVAL, Acquisition, Lock, LockInfo
-
-if TYPE_CHECKING:
-    from types import TracebackType
-    from typing import Self
 
 __all__ = ["AsyncLock", "AsyncLockStatistics", "AsyncSemaphore"]
 
@@ -41,7 +38,7 @@ class AsyncLockStatistics:
     tasks_waiting: int
 
 
-class AsyncLock:
+class AsyncLock(_AsyncWithAcquire):
     """The cross-process lock for ``async with``, under asyncio and Trio alike.
 
     ``AsyncLock("x")`` and ``Lock("x")`` are the same lock; in one process they share
@@ -156,18 +153,6 @@ class AsyncLock:
         """Whether the lock is held, and how many tasks of the current event loop wait."""
         return AsyncLockStatistics(self.locked(), _gate.gate_for(core_of(self._lock)).waiting)
 
-    async def __aenter__(self) -> Self:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
     def __reduce__(self) -> tuple[Any, ...]:
         return (AsyncLock, (self._lock,))
 
@@ -175,7 +160,7 @@ class AsyncLock:
         return repr(self._lock).replace("<aplock.Lock", "<aplock.AsyncLock", 1)
 
 
-class AsyncSemaphore:
+class AsyncSemaphore(_AsyncWithAcquire):
     """A named counting semaphore for ``async with``, under asyncio and Trio alike.
 
     ``AsyncSemaphore("x", 3)`` and ``Semaphore("x", 3)`` are the same semaphore; in one
@@ -292,18 +277,6 @@ class AsyncSemaphore:
     def unlink(self) -> bool:
         """Remove the semaphore's OS objects (see ``aplock.unlink``)."""
         return self._semaphore.unlink()
-
-    async def __aenter__(self) -> Self:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (AsyncSemaphore, (self._semaphore,))

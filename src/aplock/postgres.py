@@ -15,6 +15,7 @@ from __future__ import annotations
 import typing as _typing
 
 from . import _deadline, _names
+from ._context import WithAcquire as _WithAcquire
 from ._pg import aio as _aio
 from ._pg import sync as _sync
 from ._pg.marker import AsyncPgMarker, PgMarker
@@ -84,7 +85,7 @@ class _Facade:
         return f"<aplock.postgres.{type(self).__name__} {self._name!r} key {self._key} {state}>"
 
 
-class PgLock(_Facade):
+class PgLock(_WithAcquire, _Facade):
     """The aplock ``Lock`` on a PostgreSQL session-level advisory lock.
 
     Every process, on any host, that opens the same name on the same database gets the
@@ -212,18 +213,6 @@ class PgLock(_Facade):
         raises ``LockClosedError``. Idempotent.
         """
         self._backend.close()
-
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
         conninfo = self._backend.conninfo

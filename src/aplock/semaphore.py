@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+from ._context import WithAcquire as _WithAcquire
 from ._deadline import Deadline, normalize_timeout
 from ._names import validate
 from ._posix import semaphore as _sem
@@ -21,10 +22,6 @@ from ._posix.handle import DEFAULT_MODE
 from ._posix.identity import judge
 from .sync import RECOVERY_INTERVAL
 from .sync import unlink as _unlink
-
-if TYPE_CHECKING:
-    from types import TracebackType
-    from typing import Self
 
 __all__ = ["BoundedSemaphore", "PermitHolder", "Semaphore", "SemaphoreInfo"]
 
@@ -74,7 +71,7 @@ class SemaphoreInfo:
     recoveries: int
 
 
-class Semaphore:
+class Semaphore(_WithAcquire):
     """A counting semaphore shared by every process of this user that opens the same name.
 
     It behaves like ``multiprocessing.Semaphore``: ``acquire()`` takes one permit,
@@ -228,18 +225,6 @@ class Semaphore:
         """Remove the semaphore's OS objects (see ``aplock.unlink``)."""
         _sem.forget_handle(self._name)
         return _unlink(self._name)
-
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
         core = self._core

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._context import WithAcquire as _WithAcquire
 from ._deadline import Deadline, normalize_timeout
 from ._names import posix_names, validate
 from ._posix import handle as _handle
@@ -17,10 +18,6 @@ from ._posix import record as _state
 from ._posix import registry as _registry
 from ._posix.identity import identity_of, judge
 from ._posix.lock import LockCore
-
-if TYPE_CHECKING:
-    from types import TracebackType
-    from typing import Self
 
 __all__ = ["Acquisition", "Lock", "LockInfo", "unlink"]
 
@@ -72,7 +69,7 @@ class LockInfo:
     recoveries: int
 
 
-class Lock:
+class Lock(_WithAcquire):
     """A non-recursive lock shared by every process of this user that opens the same name.
 
     It behaves exactly like ``multiprocessing.Lock`` (any thread or process may
@@ -237,18 +234,6 @@ class Lock:
     def unlink(self) -> bool:
         """Remove the lock's OS objects (see ``aplock.unlink``)."""
         return unlink(self._name)
-
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
         core = self._core
