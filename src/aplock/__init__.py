@@ -25,21 +25,26 @@ from .errors import (
     LockWarning,
     OnceTimeoutError,
 )
+from .leader import Leadership, LeaderTerm
 from .semaphore import BoundedSemaphore, PermitHolder, Semaphore, SemaphoreInfo
 from .startup import AsyncOnce, Once
 from .sync import Acquisition, Lock, LockInfo, unlink
 
 if _typing.TYPE_CHECKING:
+    from ._leader_async import AsyncLeadership
     from .aio import AsyncLock, AsyncLockStatistics, AsyncSemaphore
 
 __all__ = [
     "AbandonedLockWarning",
     "Acquisition",
+    "AsyncLeadership",
     "AsyncLock",
     "AsyncLockStatistics",
     "AsyncOnce",
     "AsyncSemaphore",
     "BoundedSemaphore",
+    "LeaderTerm",
+    "Leadership",
     "Lock",
     "LockClosedError",
     "LockError",
@@ -61,6 +66,7 @@ __all__ = [
 
 #: The names that import a module of their own, with AnyIO, on first access.
 _LAZY = {"AsyncLock": "aio", "AsyncLockStatistics": "aio", "AsyncSemaphore": "aio"}
+_LAZY["AsyncLeadership"] = "_leader_async"
 
 if not _typing.TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
 
