@@ -12,6 +12,7 @@ import queue
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ import pytest
 import aplock
 from aplock._leader_sides import LeaderFile
 from aplock.errors import LockLostError
-from aplock.leader import AsyncLeadership, Leadership, LeaderTerm, settle
+from aplock.leader import AsyncLeadership, Leadership, LeaderTerm, lease, settle
 from tests.support import leader_journal
 
 if TYPE_CHECKING:
@@ -185,10 +186,11 @@ def test_a_lost_lock_ends_the_term_at_once(leader_name: str) -> None:
 class RemoteLock:
     """A lock of the PgLock shape over an aplock lock, that a live holder can lose."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, hang: threading.Event | None = None) -> None:
         self.name = name
         self._lock = aplock.Lock(name)
         self._lost = False
+        self._hang = hang  # once lost, check() hangs until it is set
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         got = self._lock.acquire(block, timeout)
@@ -203,6 +205,8 @@ class RemoteLock:
         self._lock.release()
 
     def check(self) -> None:
+        if self._lost and self._hang is not None:
+            self._hang.wait()
         if self._lost:
             raise LockLostError(self.name, "the session ended")
 
@@ -211,9 +215,13 @@ class RemoteLock:
         self._lock.release()
 
 
-def test_a_remote_lock_lost_ends_the_term_before_the_next_leader_starts(leader_name: str) -> None:
+@pytest.mark.parametrize("hang", [False, True], ids=["check-fails", "check-hangs"])
+def test_a_remote_lock_lost_ends_the_term_before_the_next_leader_starts(
+    leader_name: str, hang: bool
+) -> None:
     jobs = Jobs()
-    locks = {"a": RemoteLock(leader_name), "b": RemoteLock(leader_name)}
+    hung = threading.Event() if hang else None
+    locks = {"a": RemoteLock(leader_name, hung), "b": RemoteLock(leader_name, hung)}
     entered = time.monotonic()
     with (
         Leadership(locks["a"], jobs.job("a"), check_interval=FAST),
@@ -229,8 +237,10 @@ def test_a_remote_lock_lost_ends_the_term_before_the_next_leader_starts(leader_n
         second, _, _, restarted = jobs.next("start")
         assert second != first
         assert old_end < restarted
-        assert old_end - terminated < FAST + 0.2
+        assert old_end - terminated < (lease(FAST) if hang else FAST) + 0.2
         assert restarted - terminated >= settle(FAST)
+        if hung is not None:
+            hung.set()  # the hung check returns: the old leader can clean up
 
 
 def test_stop_from_the_job_only_asks(leader_name: str) -> None:
