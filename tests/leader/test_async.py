@@ -340,3 +340,30 @@ async def test_a_sync_lock_and_an_async_lock_are_led_through(leader_name: str) -
     async with AsyncLeadership(aplock.AsyncLock(lock), jobs.job("b")):
         await jobs.next_start()
     assert jobs.events() == ["a:start", "a:end", "b:start", "b:end"]
+
+
+async def test_the_lock_is_given_back_only_once_the_job_has_ended(leader_name: str) -> None:
+    cleaned: list[float] = []
+    started = anyio.Event()
+
+    async def slow_to_stop(term: LeaderTerm) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.3)  # a scheduler that finishes a run in progress
+            cleaned.append(time.monotonic())
+
+    jobs = Jobs()
+    first = AsyncLeadership(leader_name, slow_to_stop)
+    await first.__aenter__()
+    try:
+        await started.wait()
+        async with AsyncLeadership(leader_name, jobs.job("b")):
+            await first.__aexit__(None, None, None)
+            _, _, _, took_over = await jobs.next_start()
+    finally:
+        await first.__aexit__(None, None, None)
+    assert cleaned
+    assert took_over > cleaned[0]

@@ -365,3 +365,23 @@ def test_a_forked_child_does_not_lead(leader_name: str) -> None:
             os.waitpid(pid, 0)
         assert leadership.leading  # the parent still does
         assert aplock.Lock(leader_name).locked()
+
+
+def test_the_lock_is_given_back_only_once_the_job_has_returned(leader_name: str) -> None:
+    cleaned: queue.Queue[float] = queue.Queue()
+
+    def slow_to_stop(term: LeaderTerm) -> None:
+        term.wait()
+        time.sleep(0.3)  # a scheduler that finishes a run in progress
+        cleaned.put(time.monotonic())
+
+    jobs = Jobs()
+    first = Leadership(leader_name, slow_to_stop).start()
+    try:
+        assert first.wait_leading(5)
+        with Leadership(leader_name, jobs.job("b")):
+            first.stop()
+            _, _, _, took_over = jobs.next("start")
+    finally:
+        first.stop()
+    assert took_over > cleaned.get(timeout=5)
