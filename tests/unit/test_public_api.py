@@ -29,6 +29,7 @@ PUBLIC_MODULES = (
     "aplock.aio",
     "aplock.startup",
     "aplock.postgres",
+    "aplock.leader",
     "aplock.errors",
 )
 
@@ -81,6 +82,7 @@ def test_all_lists_exactly_the_public_names() -> None:
         "semaphore",
         "startup",
         "postgres",
+        "leader",
     }
     assert set(aplock.__all__) - {"__version__"} == public
     assert sorted(aplock.__all__) == aplock.__all__
