@@ -14,8 +14,9 @@ import textwrap
 import pytest
 
 PRELUDE = """
-import os, signal, sys, threading, time
+import faulthandler, os, signal, sys, threading, time
 import aplock
+faulthandler.dump_traceback_later(float(sys.argv[-1]), exit=True)  # a hang shows where
 lock = aplock.Lock(sys.argv[1])
 lock.acquire()  # held: the acquire below blocks
 def later(delay, fn):
@@ -34,10 +35,12 @@ def when_waiting(fn):
 """
 
 
-def run(code: str, name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(code: str, name: str, *args: str, timeout: float = 25) -> subprocess.CompletedProcess[str]:
+    """Run *code* after ``PRELUDE`` in a fresh interpreter. A child still running 5 s
+    before *timeout* prints every thread's stack to its stderr and exits."""
     script = PRELUDE + textwrap.dedent(code) + "\nlock.release()\naplock.unlink(sys.argv[1])\n"
     return subprocess.run(
-        [sys.executable, "-c", script, name, *args],
+        [sys.executable, "-c", script, name, *args, str(timeout - 5)],
         capture_output=True,
         text=True,
         timeout=timeout,
