@@ -61,7 +61,10 @@ class Job:
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
-                start_new_session=True,  # stop() can kill the command's children too
+                # A process group of its own, so that stop() can kill the command's
+                # children too; the same session, so that the kernel's scheduler (with
+                # autogroups, one per session) honours its low priority against the tests.
+                process_group=0,
             )
 
     def _files(self) -> tuple[str, str]:
