@@ -118,12 +118,6 @@ print(lock.acquire(False), lock.locked())
     assert proc.stdout.split() == ["Interrupted", "from_the_handler", "True", "False", "True"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a handler that runs at the entry of aplock._posix.ipc.restore_signals (a Python "
-    "function, where pending handlers run) raises before the mask is put back: the main "
-    "thread is left with every signal blocked",
-)
 def test_a_signal_taken_by_another_thread_leaves_nothing_blocked(lock_name: str) -> None:
     """In a process with other threads, a signal that the waiting main thread defers is
     delivered to another thread, and its handler runs on the main thread at its next

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import signal
@@ -251,9 +252,10 @@ def defer_signals() -> set[int] | None:
     return old
 
 
-def restore_signals(old: set[int]) -> None:
-    """Put back the mask ``defer_signals`` returned: deferred handlers run now."""
-    _sigmask(signal.SIG_SETMASK, old)
+#: Put back the mask ``defer_signals`` returned: deferred handlers run now. A C call,
+#: not a Python function: a handler pending on entry (one that another thread took)
+#: would otherwise run, and raise, before the mask is back.
+restore_signals: Callable[[set[int]], object] = functools.partial(_sigmask, signal.SIG_SETMASK)
 
 
 @contextlib.contextmanager
