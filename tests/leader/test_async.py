@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 FAST = 0.05  # check_interval of the tests that need the remote timings short
+WAIT = 10  # the most seconds any test waits for a job to start or end
 
 
 class Jobs:
@@ -58,12 +59,14 @@ class Jobs:
         return job
 
     async def next_start(self) -> tuple[str, str, int | None, float]:
-        await self.started.wait()
+        with anyio.fail_after(WAIT):
+            await self.started.wait()
         self.started = anyio.Event()
         return [e for e in self.log if e[1] == "start"][-1]
 
     async def next_end(self) -> None:
-        await self.ended.wait()
+        with anyio.fail_after(WAIT):
+            await self.ended.wait()
         self.ended = anyio.Event()
 
     def events(self, tag: str | None = None) -> list[str]:
@@ -176,7 +179,8 @@ async def test_a_job_that_returns_keeps_leadership_until_exit(
     jobs = Jobs()
     with caplog.at_level(logging.INFO, logger="aplock"):
         async with AsyncLeadership(leader_name, job) as a:
-            await returned.wait()
+            with anyio.fail_after(WAIT):
+                await returned.wait()
             async with AsyncLeadership(leader_name, jobs.job("standby")) as b:
                 await anyio.sleep(0.5)
                 assert runs == [runs[0]]  # not run again
@@ -315,7 +319,8 @@ async def test_the_term_is_over_when_the_job_cleans_up(leader_name: str) -> None
             seen.append(term.ended)
 
     async with AsyncLeadership(leader_name, job):
-        await started.wait()
+        with anyio.fail_after(WAIT):
+            await started.wait()
     assert seen == [True]
 
 
@@ -359,7 +364,8 @@ async def test_the_lock_is_given_back_only_once_the_job_has_ended(leader_name: s
     first = AsyncLeadership(leader_name, slow_to_stop)
     await first.__aenter__()
     try:
-        await started.wait()
+        with anyio.fail_after(WAIT):
+            await started.wait()
         async with AsyncLeadership(leader_name, jobs.job("b")):
             await first.__aexit__(None, None, None)
             _, _, _, took_over = await jobs.next_start()
