@@ -31,8 +31,7 @@ import anyio.to_thread  # noqa: TID251
 
 from . import _eventloop
 from ._leader_sides import Backoff, PosixSide, Won, describe_failed_check, posix_lock_of, token_of
-from .errors import LockError
-from .leader import (
+from ._leader_term import (
     CHECK_INTERVAL,
     MAX_RETRY_DELAY,
     RETRY_DELAY,
@@ -44,6 +43,7 @@ from .leader import (
     log_elected,
     settle,
 )
+from .errors import LockError
 from .sync import Lock
 
 if TYPE_CHECKING:
