@@ -163,8 +163,10 @@ def _race_releases_with_recovery(name: str, seed: int) -> None:
     assert set(warned) <= {holder.pid}, "a warning named a live process: it was robbed"
     recoveries = sem.info().recoveries
     # Six acquisitions (the holder's three, the waiters' three), each ended once.
+    # (a waiter whose permit a releaser gave back finds itself "robbed", and releases
+    # nothing: that is multiprocessing's semantics, not a recovery's doing)
     assert words.count("ok") + words.count("released") + recoveries == 6, outcomes
-    assert set(words) <= {"ok", "released", "LockNotHeldError"}
+    assert set(words) <= {"ok", "released", "robbed", "LockNotHeldError"}
     assert sem.get_value() == 3
     # Every freed permit warns the one acquisition that claims it: ours claim the rest.
     with warnings.catch_warnings(record=True) as caught:
@@ -219,7 +221,7 @@ def _recoveries_race(name: str, rounds: int) -> None:
 
 
 def test_recoveries_racing_claims_rob_nobody(lock_name: str) -> None:
-    _recoveries_race(lock_name, rounds=3)
+    _recoveries_race(lock_name, rounds=8)
 
 
 @pytest.mark.stress
