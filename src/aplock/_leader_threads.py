@@ -4,8 +4,9 @@ Exported as ``aplock.leader.Leadership`` and ``aplock.Leadership``. One daemon t
 per leadership campaigns and supervises each term; the job runs in a thread of its own
 (and is told, through ``term.ended``, when its term ends); for a remote lock a third
 thread confirms the lock every ``check_interval``, so that a check that hangs cannot
-keep the supervisor from counting the lease. It stops at interpreter exit (``atexit``)
-and forgets itself in a forked child.
+keep the supervisor from counting the lease. These threads block the asynchronous
+signals, which therefore go to the main thread, where Python handles them. It stops at
+interpreter exit (``atexit``) and forgets itself in a forked child.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import atexit
 import contextlib
 import inspect
 import os
+import signal
 import threading
 import time
 import typing
@@ -234,6 +236,7 @@ class Leadership:
     # -- the campaign thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        _leave_signals_to_the_main_thread()  # the job's and the check's threads inherit it
         backoff = Backoff(*self._retry)
         stop = self._stop
         try:
@@ -452,6 +455,25 @@ def _check_sync_lock(lock: object) -> None:
             f"{type(lock).__name__} is an async lock: use aplock.leader.AsyncLeadership "
             "with it, or pass Leadership its sync twin (PgLock for an AsyncPgLock)"
         )
+
+
+#: Signals raised in the thread that faults, which must stay open there.
+_SYNCHRONOUS = frozenset(
+    getattr(signal, n)
+    for n in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS", "SIGABRT")
+    if hasattr(signal, n)
+)
+
+
+def _leave_signals_to_the_main_thread() -> None:
+    """Block, in this thread, the signals that any thread of the process may receive.
+
+    The kernel gives a signal sent to the process to any thread that does not block
+    it. Python runs handlers only in the main thread, and a main thread blocked in an
+    untimed wait (``event.wait()``, ``lock.acquire()``) runs them only if the signal
+    interrupts *it*: a SIGTERM that a thread of ours took would wait there forever.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
 
 
 def _join_job(thread: threading.Thread, name: str) -> None:

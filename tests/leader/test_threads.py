@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import textwrap
@@ -385,3 +386,28 @@ def test_the_lock_is_given_back_only_once_the_job_has_returned(leader_name: str)
     finally:
         first.stop()
     assert took_over > cleaned.get(timeout=5)
+
+
+def test_its_threads_leave_signals_to_the_main_thread(leader_name: str) -> None:
+    # A SIGTERM that one of them took would never run its handler while the main thread
+    # blocks in an untimed wait; the kernel gives it only to threads that do not block it.
+    started: queue.Queue[int] = queue.Queue()
+
+    def job(term: LeaderTerm) -> None:
+        started.put(threading.get_native_id())
+        term.wait()
+
+    with Leadership(RemoteLock(leader_name), job, check_interval=FAST) as leadership:
+        job_tid = started.get(timeout=10)
+        assert leadership.leading
+        ours = [t for t in threading.enumerate() if t.name.startswith("aplock ")]
+        assert {t.name.split()[1] for t in ours} == {"leader", "job"}
+        for tid in [job_tid, *(t.native_id for t in ours)]:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                blocked = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk"))
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                assert blocked & (1 << (sig - 1)), (tid, sig)
+            assert not blocked & (1 << (signal.SIGSEGV - 1))
+    with open("/proc/self/status") as f:  # the main thread blocks nothing of ours
+        main_blocked = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk"))
+    assert not main_blocked & (1 << (signal.SIGTERM - 1))
