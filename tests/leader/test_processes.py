@@ -26,15 +26,6 @@ if TYPE_CHECKING:
 #: wait slice, and the documented slack.
 TAKEOVER_BOUND = RECOVERY_INTERVAL + 0.05 + 0.5
 
-#: Known defect: now and then a thread-based worker does not stop within the crew's
-#: grace at the end, and is killed (its exit code is -9); about 1 run in 4 here.
-THREADS = pytest.param(
-    "threads",
-    marks=pytest.mark.xfail(
-        strict=False, reason="a Leadership worker sometimes fails to stop in time (open defect)"
-    ),
-)
-
 
 def kill_round(crew: Crew, rng: random.Random, kills: int) -> list[float]:
     """Kill *kills* leaders (and a standby now and then); the takeover times."""
@@ -75,14 +66,14 @@ def run(kind: str, name: str, tmp_path: Path, kills: int, seed: int) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", ["asyncio", "trio", THREADS])
+@pytest.mark.parametrize("kind", ["asyncio", "trio", "threads"])
 def test_leaders_killed_at_random_instants(kind: str, leader_name: str, tmp_path: Path) -> None:
     run(kind, leader_name, tmp_path, kills=3, seed=random.randrange(2**32))
 
 
 @pytest.mark.stress
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("kind", ["asyncio", "trio", THREADS])
+@pytest.mark.parametrize("kind", ["asyncio", "trio", "threads"])
 def test_leaders_killed_at_random_instants_many_times(
     kind: str, leader_name: str, tmp_path: Path
 ) -> None:

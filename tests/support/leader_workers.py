@@ -22,7 +22,15 @@ CHECK_INTERVAL = 0.2
 
 
 def worker(kind: str, name: str, journal: str, dsn: str | None = None, pgid: int = -1) -> None:
-    """Lead or stand by until SIGTERM; join process group *pgid* (0: a new one)."""
+    """Lead or stand by until SIGTERM; join process group *pgid* (0: a new one).
+
+    SIGUSR1 prints the stacks of its threads (``Crew`` sends it to a worker that does not
+    stop in time, so that a hang says where).
+    """
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if pgid >= 0:
         os.setpgid(0, pgid)
     if kind == "threads":
@@ -174,8 +182,10 @@ class Crew:
         end = time.monotonic() + 20
         for proc in self.procs.values():
             proc.join(max(end - time.monotonic(), 0))
-        for proc in self.procs.values():
+        for pid, proc in self.procs.items():
             if proc.is_alive():
+                os.kill(pid, signal.SIGUSR1)  # its stacks, on its stderr
+                proc.join(1)
                 proc.kill()
                 proc.join(10)
 
