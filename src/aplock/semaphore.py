@@ -168,7 +168,8 @@ class Semaphore(_WithAcquire):
             timeout = normalize_timeout(block, timeout, self._label(), self._name)
             block = timeout != 0.0
         core = self._core
-        if core.try_acquire():
+        patience = _sem.TRY_PATIENCE if timeout is None else min(_sem.TRY_PATIENCE, timeout)
+        if core.try_acquire(patience):
             return True
         if not block:
             return False

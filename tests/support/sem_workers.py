@@ -246,3 +246,16 @@ def stray_releases(name: str, value: int, start: Any, out: Any, seed: int, round
             else:
                 ok += 1
     out.put((acquired, ok, raised))
+
+
+def hold_guard(name: str, value: int, ready: Any, release: Any) -> None:
+    """Hold the semaphore's guard (as a process stopped inside it would) until *release*."""
+    from aplock._core import core_of
+    from aplock._posix.semaphore import SemaphoreCore
+
+    core = core_of(open_semaphore(name, value, False))
+    assert isinstance(core, SemaphoreCore)
+    h = core.h
+    with h.guard.held():
+        ready.set()
+        release.wait(60)

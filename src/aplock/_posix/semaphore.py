@@ -47,9 +47,10 @@ import contextlib
 import os
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from aplock._core import Takeover, warn_abandoned
+from aplock._deadline import SLICE
 from aplock._names import PosixNames, posix_names
 from aplock.errors import (
     LockError,
@@ -80,6 +81,10 @@ _K0 = _slots.SLOTS_WORD + _slots.S_KEY
 _G0 = _slots.SLOTS_WORD + _slots.S_GEN
 _CAPACITY = _slots.CAPACITY
 _now = time.time
+#: How long a try waits for a busy guard: a sync acquire's first try, and each slice.
+TRY_PATIENCE = SLICE
+_FIRST_PAUSE = 0.00005
+_LAST_PAUSE = 0.001
 
 #: A claimed permit: its generation, and the takeover if it was a dead holder's.
 Grant = tuple[int, Takeover | None]
@@ -188,8 +193,30 @@ class SemHandle:
         total = self.value + self.words[_EXTRA]
         return self.words[_P0 : _P0 + _W * total : _W].tolist().count(0)
 
-    def claim(self) -> Grant | None:
+    def claim(self, patience: float = 0.0) -> Grant | None:
         """Take a free permit if there is one: its generation and takeover, or ``None``.
+
+        The guard is tried without blocking, and again for up to *patience* seconds
+        while another thread or process is inside it: a process stopped there delays an
+        acquire by *patience* at most, and never blocks an event loop.
+        """
+        grant = self._claim_once()
+        if grant is not False or patience <= 0.0:
+            return grant or None
+        end = time.monotonic() + patience
+        pause = _FIRST_PAUSE
+        while True:
+            left = end - time.monotonic()
+            if left <= 0.0:
+                return None
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, _LAST_PAUSE)
+            grant = self._claim_once()
+            if grant is not False:
+                return grant
+
+    def _claim_once(self) -> Grant | Literal[False] | None:
+        """One try: the grant, ``None`` if no permit is free, ``False`` if the guard is busy.
 
         The slot is written by one call, the commit point. A signal handler's exception
         after it (inside the guard, or as the guard restores the signal mask) gives the
@@ -199,7 +226,9 @@ class SemHandle:
         slot = -1
         generation = 0
         try:
-            with self.guard.held():
+            with self.guard.held(block=False) as got:
+                if not got:
+                    return False
                 total = self.value + words[_EXTRA]
                 try:
                     slot = words[_P0 : _P0 + _W * total : _W].tolist().index(0)
@@ -460,12 +489,16 @@ class SemaphoreCore:
         """The kind, the name and the recovery setting: what a waiting thread shares."""
         return ("semaphore", self._name, self.recovery_interval)
 
-    def try_acquire(self) -> bool:
-        """Take a permit if one is free; warn if it was a dead holder's."""
+    def try_acquire(self, patience: float = 0.0) -> bool:
+        """Take a permit if one is free; warn if it was a dead holder's.
+
+        With the default *patience*, it never waits (an event loop's fast path): a
+        guard that another thread or process holds right now counts as no permit.
+        """
         h = self.h
         if not h.free():
             return False
-        grant = h.claim()
+        grant = h.claim(patience)
         if grant is None:
             return False
         if grant[1] is not None:
@@ -485,7 +518,7 @@ class SemaphoreCore:
         while True:
             h = self.h  # each slice: a close() from another thread ends the wait
             if h.free():
-                grant = h.claim()
+                grant = h.claim(deadline.slice())
                 if grant is not None:
                     return True, grant[1]
             if cancelled is not None and cancelled():
