@@ -10,7 +10,8 @@ a slot that names its holder, or free (``value + extra - held``). Each change of
 made under the guard by one call or one word store, its commit point:
 
 - acquire (``claim``): under the guard, find a free slot; bump the generation; write the
-  slot (one ``pack_into``: generation, time, our identity, ``abandoned = 0``).
+  slot (one ``pack_into``: generation, time, our identity, ``abandoned = 0``). The guard
+  is tried without blocking, again for a bounded patience (a slice, within the deadline).
 - release: under the guard, clear the ``pid`` of one slot (one store), or, with no permit
   held, raise ``extra`` by one (``Semaphore``) or ``LockNotHeldError``
   (``BoundedSemaphore``); then post ``W`` if it holds fewer wake-ups than free permits.
@@ -34,8 +35,9 @@ a process killed anywhere leaves each of its permits either held in a slot that 
 - killed after a release's store and before its post of ``W`` (or a waiter killed after
   it consumed a post): a wake-up is lost, and the waiters find the free permit at the end
   of their slice (50 ms);
-- stopped (SIGSTOP, a debugger) while it holds the guard: every acquire and release of
-  this semaphore waits until it resumes; nothing is lost.
+- stopped (SIGSTOP, a debugger) while it holds the guard: acquires keep their timeouts
+  (and ``block=False`` answers within a slice) but get nothing, and releases wait, until
+  it resumes; nothing is lost.
 
 Nothing is ever taken by nobody, so ``repair`` has no stuck state to free: it recovers
 the permits of dead holders without waiting for a waiter to do so.
