@@ -85,13 +85,14 @@ byte g_done = 0;            /* processes that finished their script or died */
 
 /* ---- seeded bugs (-DMUT_SEM_<NAME>; sem_mutants in mutants.tsv) ------------------ */
 
-/* _posix/semaphore.py SemHandle.claim: the free slot is found and written under the
- * guard. Mutant: without it, two claimers write the same slot. */
+/* _posix/semaphore.py SemHandle._claim_once: the free slot is found and written under
+ * the guard, tried without blocking (a busy guard: no permit this time, the caller tries
+ * again). Mutant: without it, two claimers write the same slot. */
 #ifdef MUT_SEM_CLAIM_UNGUARDED
-#define CLAIM_GUARD_WAIT   skip
+#define CLAIM_GUARD_TRY(got) got = true
 #define CLAIM_GUARD_OUT    skip
 #else
-#define CLAIM_GUARD_WAIT   GUARD_WAIT
+#define CLAIM_GUARD_TRY(got) GUARD_TRY(got)
 #define CLAIM_GUARD_OUT    GUARD_OUT
 #endif
 
@@ -199,22 +200,26 @@ inline claim(res) {
 #endif
 	if
 	:: got ->
-		/* _posix/semaphore.py:213 SemHandle.claim: with self.guard.held(): */
-		CLAIM_GUARD_WAIT;
-		/* _posix/semaphore.py:216 SemHandle.claim: slot = words[_P0 : _P0 + _W * total : _W].tolist().index(0) */
-		ST(total = VALUE + m_extra; first_free(total, j));
+		/* _posix/semaphore.py:231 SemHandle._claim_once: with self.guard.held(block=False) as got: */
+		CLAIM_GUARD_TRY(gotg);
 		if
-		:: j == NONE -> CLAIM_GUARD_OUT
+		:: !gotg -> skip
 		:: else ->
-			/* _posix/semaphore.py:220 SemHandle.claim: dead_pid = words[at + _slots.S_ABANDONED] */
-			ST(dpid = sl_dead[j]; dgen = sl_gen[j]);
-			/* _posix/semaphore.py:223 SemHandle.claim: words[_GEN] = generation */
-			ST(m_gen++; g = m_gen);
-			/* _posix/semaphore.py:224 SemHandle.claim: _CLAIM.pack_into( */
-			ST(sl_gen[j] = g; sl_pid[j] = pidn[me]; sl_start[j] = id_start[me];
-			   sl_ns[j] = id_ns[me]; sl_key[j] = key[me]; CLEAR_MARK(j); BEGIN_PERMIT(j));
-			CLAIM_GUARD_OUT;
-			res = g
+			/* _posix/semaphore.py:236 SemHandle._claim_once: slot = words[_P0 : _P0 + _W * total : _W].tolist().index(0) */
+			ST(total = VALUE + m_extra; first_free(total, j));
+			if
+			:: j == NONE -> CLAIM_GUARD_OUT
+			:: else ->
+				/* _posix/semaphore.py:240 SemHandle._claim_once: dead_pid = words[at + _slots.S_ABANDONED] */
+				ST(dpid = sl_dead[j]; dgen = sl_gen[j]);
+				/* _posix/semaphore.py:243 SemHandle._claim_once: words[_GEN] = generation */
+				ST(m_gen++; g = m_gen);
+				/* _posix/semaphore.py:244 SemHandle._claim_once: _CLAIM.pack_into( */
+				ST(sl_gen[j] = g; sl_pid[j] = pidn[me]; sl_start[j] = id_start[me];
+				   sl_ns[j] = id_ns[me]; sl_key[j] = key[me]; CLEAR_MARK(j); BEGIN_PERMIT(j));
+				CLAIM_GUARD_OUT;
+				res = g
+			fi
 		fi
 	:: else -> skip
 	fi
@@ -251,29 +256,29 @@ inline oldest_slot(total, j) {
 /* SemHandle.release: res = 1 released, 0 LockNotHeldError, 2 at capacity (ValueError). */
 inline sem_release(res) {
 	res = 0;
-	/* _posix/semaphore.py:252 SemHandle.release: with self.guard.held(): */
+	/* _posix/semaphore.py:272 SemHandle.release: with self.guard.held(): */
 	REL_GUARD_WAIT;
-	/* _posix/semaphore.py:253 SemHandle.release: slot = self._own_slot() */
+	/* _posix/semaphore.py:273 SemHandle.release: slot = self._own_slot() */
 	ST(total = VALUE + m_extra; own_slot(total, j));
 	if
 	:: j == NONE ->
-		/* _posix/semaphore.py:255 SemHandle.release: slot = self._oldest_slot() */
+		/* _posix/semaphore.py:275 SemHandle.release: slot = self._oldest_slot() */
 		ST(oldest_slot(total, j); NONE_HELD(j))
 	:: else -> skip
 	fi;
 	if
 	:: j != NONE ->
-		/* _posix/semaphore.py:257 SemHandle.release: words[_slots.slot_word(slot) + _slots.S_PID] = 0  # the commit point */
+		/* _posix/semaphore.py:277 SemHandle.release: words[_slots.slot_word(slot) + _slots.S_PID] = 0  # the commit point */
 		ST(END_PERMIT(j); sl_pid[j] = 0);
 		res = 1
 	:: j == NONE && !ADDS_PERMIT ->
-		/* _posix/semaphore.py:259 SemHandle.release: raise LockNotHeldError( */
+		/* _posix/semaphore.py:279 SemHandle.release: raise LockNotHeldError( */
 		skip
 	:: j == NONE && ADDS_PERMIT && total >= CAP ->
-		/* _posix/semaphore.py:266 SemHandle.release: if self.value + extra >= _CAPACITY: */
+		/* _posix/semaphore.py:286 SemHandle.release: if self.value + extra >= _CAPACITY: */
 		res = 2
 	:: j == NONE && ADDS_PERMIT && total < CAP ->
-		/* _posix/semaphore.py:271 SemHandle.release: words[_EXTRA] = extra + 1  # the commit point */
+		/* _posix/semaphore.py:291 SemHandle.release: words[_EXTRA] = extra + 1  # the commit point */
 		ST(m_extra++; g_extra++; S++; COUNT_BOUNDED);
 		res = 1
 	fi;
@@ -284,18 +289,18 @@ inline sem_release(res) {
  * guard, else it tries it once. */
 inline sem_recover(block, freed) {
 	freed = 0;
-	/* _posix/semaphore.py:374 SemHandle.recover: suspects = self._dead_holders() */
+	/* _posix/semaphore.py:394 SemHandle.recover: suspects = self._dead_holders() */
 	ST(total = VALUE + m_extra);
 	k = 0;
 	do
 	:: k < total ->
-		/* _posix/semaphore.py:355 SemHandle._dead_holders: pid = words[at + _slots.S_PID] */
+		/* _posix/semaphore.py:375 SemHandle._dead_holders: pid = words[at + _slots.S_PID] */
 		ST(c_pid[k] = sl_pid[k]; c_start[k] = sl_start[k]; c_ns[k] = sl_ns[k];
 		   c_key[k] = sl_key[k]; c_gen[k] = sl_gen[k]);
 		c_dead[k] = false;
 		if
 		:: c_pid[k] != 0 && c_key[k] != key[me] ->
-			/* _posix/semaphore.py:362 SemHandle._dead_holders: judged[who] = is_proven_dead(who) */
+			/* _posix/semaphore.py:382 SemHandle._dead_holders: judged[who] = is_proven_dead(who) */
 			ST(is_proven_dead(c_pid[k], c_start[k], c_ns[k], dead));
 			c_dead[k] = dead
 		:: else -> skip
@@ -305,7 +310,7 @@ inline sem_recover(block, freed) {
 	od;
 	if
 	:: c_dead[0] || c_dead[1] || c_dead[2] ->
-		/* _posix/semaphore.py:379 SemHandle.recover: with self.guard.held(block=block) as got: */
+		/* _posix/semaphore.py:399 SemHandle.recover: with self.guard.held(block=block) as got: */
 		if
 		:: block -> GUARD_WAIT; gotg = true
 		:: else -> GUARD_TRY(gotg)
@@ -317,11 +322,11 @@ inline sem_recover(block, freed) {
 			:: k < total ->
 				if
 				:: c_dead[k] ->
-					/* _posix/semaphore.py:385 SemHandle.recover: words[at + _slots.S_GEN] != generation */
+					/* _posix/semaphore.py:405 SemHandle.recover: words[at + _slots.S_GEN] != generation */
 					ST(same = SEM_RECHECK(k));
 					if
 					:: same ->
-						/* _posix/semaphore.py:393 SemHandle.recover: _FREE_DEAD.pack_into(self.mm, (at + _slots.S_PID) * 8, 0, who.pid) */
+						/* _posix/semaphore.py:413 SemHandle.recover: _FREE_DEAD.pack_into(self.mm, (at + _slots.S_PID) * 8, 0, who.pid) */
 						ST(NOROB(g_sowner[k] < NP && !alive[g_sowner[k]]);
 						   ONCE((g_recovered & (1 << c_gen[k])) == 0);
 						   g_recovered = g_recovered | (1 << c_gen[k]);
@@ -356,11 +361,11 @@ inline sem_recover(block, freed) {
  * slices (MAY_SKIP_RECOVER: the interval has not passed), a timeout that may end it. */
 inline sem_acquire() {
 	got = false;
-	/* _posix/semaphore.py:514 SemaphoreCore.try_acquire: if not h.free(): */
+	/* _posix/semaphore.py:501 SemaphoreCore.try_acquire: if not h.free(): */
 	PEEK_FREE(f);
 	if
 	:: f > 0 ->
-		/* _posix/semaphore.py:516 SemaphoreCore.try_acquire: grant = h.claim() */
+		/* _posix/semaphore.py:503 SemaphoreCore.try_acquire: grant = h.claim(patience) */
 		claim(res); got = (res != 0)
 	:: else -> skip
 	fi;
@@ -370,11 +375,11 @@ inline sem_acquire() {
 		do
 		:: got -> break
 		:: else ->
-			/* _posix/semaphore.py:535 SemaphoreCore.wait: if h.free(): */
+			/* _posix/semaphore.py:522 SemaphoreCore.wait: if h.free(): */
 			PEEK_FREE(f);
 			if
 			:: f > 0 ->
-				/* _posix/semaphore.py:536 SemaphoreCore.wait: grant = h.claim() */
+				/* _posix/semaphore.py:523 SemaphoreCore.wait: grant = h.claim(deadline.slice()) */
 				claim(res); got = (res != 0)
 			:: else -> skip
 			fi;
@@ -383,7 +388,7 @@ inline sem_acquire() {
 			:: !got ->
 				if
 				:: true ->
-					/* _posix/semaphore.py:544 SemaphoreCore.wait: if h.recover(): */
+					/* _posix/semaphore.py:531 SemaphoreCore.wait: if h.recover(): */
 					sem_recover(false, freed); SFORGET
 				:: MAY_SKIP_RECOVER -> skip
 				fi;
@@ -465,7 +470,7 @@ inline ssetup() {
 	id_ns[AUD] = 1; key[AUD] = AUD + 1; reuses[AUD] = NONE; alive[AUD] = true; up[AUD] = true;
 #if defined(SC_SEM_KILL)
 	/* X holds both permits, A and B wait for one (-DAGAIN: B twice); a SIGKILL anywhere. */
-	sproc(0, 1, 1, 1, 0, 2, 2, true);
+	sproc(0, 1, 1, 1, 0, 2, 1, true);
 	sproc(1, 2, 1, 1, 0, 1, 1, true);
 	sproc(2, 3, 1, 1, 0, 1, 1, true);
 #ifdef AGAIN
