@@ -13,8 +13,9 @@
     model/run.sh --list             the checks
 
 Each check generates the verifier (spin -a) of its model (checks.tsv's optional seventh
-column: aplock.pml, the lock's, by default; semaphore.pml, the semaphore's), compiles it with the C compiler ($CC, cc
-by default; $CFLAGS, -O0 by default: the models are small and compiling dominates) and
+column: aplock.pml, the lock's, by default; semaphore.pml, the semaphore's), compiles it
+with the C compiler ($CC, cc by default; $CFLAGS, -O0 by default: the models are small
+and compiling dominates) and
 runs it: safety properties breadth-first (the counterexample found is a shortest one),
 liveness with weak fairness. The line says how many errors it found, how many states it
 stored, the depth it reached, the counterexample's length (trail: transitions of pan;
@@ -218,9 +219,7 @@ _SHARED = re.compile(
     r"|\b(sl_pid|sl_dead|sl_gen|m_extra|m_gen|S)\b"
 )
 _STEP = re.compile(r"^\s*(\d+):\s+proc\s+(\d+) \((\w+):\d+\) (\S+?):(\d+) .*?\[(.*)\]\s*$")
-_REF = re.compile(
-    r"/\*\s*((?:_handle|_process|sync|_posix|_posix/\w+)\.py:\d+ [\w.]+: .*?)\s*\*/"
-)
+_REF = re.compile(r"/\*\s*((?:_handle|_process|sync|_posix|_posix/\w+)\.py:\d+ [\w.]+: .*?)\s*\*/")
 
 
 def _refs_by_line(work: Path) -> dict[str, dict[int, str]]:
