@@ -17,9 +17,10 @@ column: aplock.pml, the lock's, by default; semaphore.pml, the semaphore's), com
 with the C compiler ($CC, cc by default; $CFLAGS, -O0 by default: the models are small
 and compiling dominates) and runs it: safety properties breadth-first (the
 counterexample found is a shortest one), liveness with weak fairness. The line says how
-many errors it found, how many states it stored, the depth it reached, the counterexample's length (trail: transitions of pan;
-steps: the steps of processes that touch shared state, what the compact trail lists)
-and whether that is what today's code is expected to give (checks.tsv).
+many errors it found, how many states it stored, the depth it reached, the
+counterexample's length (trail: transitions of pan; steps: the steps of processes that
+touch shared state, what the compact trail lists) and whether that is what today's code
+is expected to give (checks.tsv).
 
 Exit status: 0 when every result is the expected one (or, with -D, always when the runs
 worked), 1 otherwise, 2 when a tool is missing or a build fails.
