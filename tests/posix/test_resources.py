@@ -105,6 +105,8 @@ def test_failed_opens_close_what_they_opened(
     module, attr, error, when = CASES[case]
     if case == "posix_fallocate" and not hasattr(os, "posix_fallocate"):
         pytest.skip("no posix_fallocate on this platform")
+    if case == "ftruncate":  # the sizing of platforms without posix_fallocate (macOS)
+        monkeypatch.delattr(os, "posix_fallocate", raising=False)
     aplock.Lock(lock_name).close()  # warm up: imports and caches of a first open
     aplock.unlink(lock_name)
     monkeypatch.setattr(_posix, module.__name__, Failing(module, attr, error, when))
@@ -132,3 +134,34 @@ def test_full_dev_shm_names_the_cause(lock_name: str, monkeypatch: pytest.Monkey
         aplock.Lock(lock_name)
     assert isinstance(info.value, OSError)
     assert info.value.errno == errno.ENOSPC
+
+
+def test_opening_never_shrinks_a_record_that_another_opener_is_sizing(
+    lock_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock's opener that finds the record unsized must not cut short the larger record
+    that a semaphore's creator sizes between its look and its own sizing."""
+    import posix_ipc
+
+    from aplock._posix import ipc, record, slots
+
+    names = posix_names(lock_name, short=ipc.SHORT_NAMES)
+    shm = posix_ipc.SharedMemory(names.record, posix_ipc.O_CREX, 0o600, 0)  # created, unsized
+    real_fstat = os.fstat
+
+    def fstat_then_the_other_sizes_it(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        os.ftruncate(shm.fd, slots.SIZE)  # the semaphore's creator, right after our look
+        return st
+
+    monkeypatch.setattr(os, "fstat", fstat_then_the_other_sizes_it)
+    try:
+        fd, mm, _ = ipc.open_record(lock_name, names.record, 0o600, record.SIZE)
+        monkeypatch.undo()
+        mm.close()
+        os.close(fd)
+        assert os.fstat(shm.fd).st_size == slots.SIZE
+    finally:
+        monkeypatch.undo()
+        shm.close_fd()
+        shm.unlink()

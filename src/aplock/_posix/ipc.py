@@ -151,12 +151,15 @@ def open_record(name: str, posix_name: str, mode: int, size: int) -> tuple[int, 
             if created:
                 os.fchmod(fd, mode)
             st = os.fstat(fd)
-            if st.st_size < size:
-                # The creator has not sized it yet; growing it to the same size is idempotent.
-                os.ftruncate(fd, size)
+            # Size it only by growing: the creator may not have sized it yet, or an opener
+            # of another kind (a semaphore's record is larger than a lock's) may be sizing
+            # it right now, and a truncate to our smaller size would cut its record short.
             if hasattr(os, "posix_fallocate"):
-                # Reserve the pages now: on a full tmpfs a write through the map would SIGBUS.
+                # Grows the file, never shrinks it, and reserves the pages: on a full
+                # tmpfs a write through the map would SIGBUS.
                 os.posix_fallocate(fd, 0, size)
+            elif st.st_size < size:
+                os.ftruncate(fd, size)  # no fallocate (macOS): a narrow window remains
             return fd, mmap.mmap(fd, size), st.st_uid
         except BaseException:
             os.close(fd)
