@@ -7,6 +7,8 @@
   (mirrored by the model in ``model/``).
 - ``registry``: the handles of this process, one per name, and ``fork()``.
 - ``lock``: the ``Core`` of a lock (``aplock._core``): one object's use of a handle.
+- ``slots``: the layout of a semaphore's record (its slot table of owned permits).
+- ``semaphore``: a semaphore's handle, its protocol and its ``Core``.
 
 **The lock protocol.** One lock is three OS objects: the lock semaphore ``L`` (1 when
 free), the token semaphore ``H`` (1 while an acquisition is complete) and the state
