@@ -170,7 +170,7 @@ class Leadership:
         """Start campaigning in the background; return at once.
 
         Raises:
-            RuntimeError: it is already running.
+            RuntimeError: it is already running, or the interpreter is shutting down.
         """
         with self._mutex:
             if self._thread is not None and self._thread.is_alive():
@@ -181,9 +181,9 @@ class Leadership:
             thread = threading.Thread(
                 target=self._run, name=f"aplock leader {self.name}", daemon=True
             )
+            _stop_last_at_exit(self.name)
             self._thread = thread
             _running.add(self)
-            _stop_last_at_exit()
             thread.start()
         return self
 
@@ -198,11 +198,7 @@ class Leadership:
             then released as soon as the job returns). Called from the job's own thread,
             it only asks, and returns ``False``.
         """
-        self._stop.set()
-        term = self._term
-        if term is not None:
-            term._end()
-        self._wake.set()
+        self._ask_to_stop()
         thread = self._thread
         if thread is None:
             return True
@@ -210,6 +206,18 @@ class Leadership:
             return False
         thread.join(timeout)
         return not thread.is_alive()
+
+    def _ask_to_stop(self) -> None:
+        """Stop campaigning and end the term, without waiting.
+
+        Under the mutex that ``_lead`` publishes a term under: either the term is
+        published first and ended here, or ``_lead`` sees the stop and starts no job.
+        """
+        with self._mutex:
+            self._stop.set()
+            if self._term is not None:
+                self._term._end()
+        self._wake.set()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -314,6 +322,8 @@ class Leadership:
             term = LeaderTerm(self.name, won.token, time.time(), os.getpid(), won.took_over_from)
             log_elected(term)
             with self._elected:
+                if self._stop.is_set():  # asked to stop since the lock was won
+                    return outcome
                 self._term = term
                 self._elected.notify_all()
             if self._posix is not None:
@@ -334,7 +344,7 @@ class Leadership:
             if watcher is not None:
                 watcher.over.set()
                 watcher.join()
-            self._give_back(lost=lost, wrote_file=term is not None)
+            self._give_back(lost=lost, wrote_file=self._term is not None)
             self._term = None
         return outcome
 
@@ -493,14 +503,20 @@ def _join_job(thread: threading.Thread, name: str) -> None:
 _running: weakref.WeakSet[Leadership] = weakref.WeakSet()
 
 
+def _end_terms_at_shutdown() -> None:
+    """At the start of interpreter shutdown: stop campaigning, tell the jobs to end.
+
+    This runs before the non-daemon threads are joined and before ``concurrent.futures``
+    refuses new work, so no term begins in a process that is exiting (its job could not
+    start a thread pool), and a job whose threads hold up the shutdown is told to end.
+    """
+    for leadership in list(_running):
+        leadership._ask_to_stop()
+
+
 def _stop_at_exit() -> None:
     running = list(_running)
-    for leadership in running:
-        leadership._stop.set()
-        term = leadership._term
-        if term is not None:
-            term._end()
-        leadership._wake.set()
+    _end_terms_at_shutdown()
     deadline = time.monotonic() + EXIT_TIMEOUT
     for leadership in running:
         with contextlib.suppress(Exception):
@@ -513,14 +529,31 @@ def _forget_after_fork() -> None:
     _running.clear()
 
 
-def _stop_last_at_exit() -> None:
+def _stop_last_at_exit(name: str) -> None:
     """Stop at exit before anything registered so far, such as the lock's finalizers.
 
     ``atexit`` runs the latest registration first; a ``weakref.finalize`` (the lock's
-    handle has one) registers weakref's own hook once, when the first one is made.
+    handle has one) registers weakref's own hook once, when the first one is made. The
+    terms are ended earlier still, when interpreter shutdown begins, through the hook
+    that ``concurrent.futures`` uses too (``threading._register_atexit``, run before the
+    threads are joined; registered at the first start, so after the thread pools that
+    were imported by then, and run before theirs).
     """
+    global _shutdown_hooked
     atexit.unregister(_stop_at_exit)
     atexit.register(_stop_at_exit)
+    register = getattr(threading, "_register_atexit", None)
+    if not _shutdown_hooked and register is not None:
+        try:
+            register(_end_terms_at_shutdown)
+        except RuntimeError:  # "can't register atexit after shutdown"
+            raise RuntimeError(
+                f"lock {name!r}: the interpreter is shutting down; a Leadership cannot start now"
+            ) from None
+        _shutdown_hooked = True
+
+
+_shutdown_hooked = False
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -345,6 +345,57 @@ def test_it_stops_at_interpreter_exit(tmp_path: Path, leader_name: str) -> None:
     assert LeaderFile(leader_name).read() is None
 
 
+def test_no_term_begins_once_the_process_is_exiting(tmp_path: Path, leader_name: str) -> None:
+    # The script stands by while this test holds the lock, then ends; a non-daemon thread
+    # holds up its exit (as a server's threads can). The lock is released then: the
+    # exiting process must not take it and start a job (it could not start a thread
+    # pool any more), and a live standby would wait for nothing.
+    journal = tmp_path / "journal.jsonl"
+    code = textwrap.dedent(
+        """
+        import sys, threading, time
+        from aplock.leader import Leadership
+        from tests.support import leader_journal
+
+        def job(term):
+            leader_journal.write(sys.argv[2], "start", token=term.token)
+            term.wait()
+            leader_journal.write(sys.argv[2], "stop", token=term.token)
+
+        def linger():
+            while threading.main_thread().is_alive():
+                time.sleep(0.005)
+            print("exiting", flush=True)
+            time.sleep(1.0)  # the lock is free meanwhile
+
+        Leadership(sys.argv[1], job).start()
+        threading.Thread(target=linger).start()
+        time.sleep(0.2)  # campaigning by now
+        """
+    )
+    held = aplock.Lock(leader_name)
+    assert held.acquire(timeout=5)
+    released = False
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-c", code, leader_name, str(journal)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        ) as proc:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "exiting\n"
+            held.release()
+            released = True
+            assert proc.wait(30) == 0
+    finally:
+        if not released:
+            held.release()
+    assert not journal.exists() or leader_journal.read(str(journal)) == []
+    assert held.acquire(block=False)
+    held.release()
+
+
 def test_a_forked_child_does_not_lead(leader_name: str) -> None:
     jobs = Jobs()
     with Leadership(leader_name, jobs.job("a")) as leadership:
