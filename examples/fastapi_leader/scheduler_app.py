@@ -60,8 +60,9 @@ async def run_scheduler(term: LeaderTerm) -> None:
     """The leader's job: run the scheduler until leadership ends (this is cancelled)."""
     scheduler = AsyncIOScheduler()
     scheduler.add_job(heartbeat, "interval", seconds=BEAT_SECONDS, args=[term])
+    scheduler.start(paused=True)  # if it cannot start, the job raises and leadership is released
     journal("start", token=term.token, took_over_from=term.took_over_from)
-    scheduler.start()
+    scheduler.resume()
     try:
         await anyio.sleep_forever()
     finally:

@@ -57,8 +57,9 @@ def run_scheduler(term: LeaderTerm) -> None:
     """The leader's job: run the scheduler until the term ends, then stop it."""
     scheduler = BackgroundScheduler()
     scheduler.add_job(heartbeat, "interval", seconds=BEAT_SECONDS, args=[term])
+    scheduler.start(paused=True)  # if it cannot start, the job raises and leadership is released
     journal("start", token=term.token, took_over_from=term.took_over_from)
-    scheduler.start()
+    scheduler.resume()
     try:
         term.wait()  # until leadership is lost or the worker exits
     finally:
