@@ -9,9 +9,10 @@ The quick checks run together, two at a time, in one call of ``model/run.py``; s
 the seeded bugs of the three original defects and of the new code (``CORE_MUTANTS``).
 Both calls start in the background, at low priority, as soon as collection has selected
 a test that reads them (``tests.support.background``), and run while the other tests do.
-The stress checks (bigger configurations) and the other seeded bugs run under
-``-m stress``. Without spin or a C compiler the checks skip, except under CI, where they
-fail.
+They are marked ``model`` and run with ``-m model`` (CI's model step), not in the normal
+run; the check that the model's code references still match the code does. The stress
+checks (bigger configurations) and the other seeded bugs run under ``-m stress``.
+Without spin or a C compiler the checks skip, except under CI, where they fail.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def _rows(table: str) -> list[list[str]]:
 CHECKS = {row[0]: (row[3], row[4], row[5]) for row in _rows("checks.tsv")}
 #: (define, check, bug) for every seeded bug of mutants.tsv.
 MUTANTS = [(row[0], row[1], row[2]) for row in _rows("mutants.tsv")]
-#: The seeded bugs checked in the normal suite: the three defects the protocol fixed
-#: (pid compared instead of the key, a foreign /proc trusted, no intents) and two bugs
-#: of the new code.
+#: The seeded bugs checked with the quick checks (``-m model``): the three defects the
+#: protocol fixed (pid compared instead of the key, a foreign /proc trusted, no intents)
+#: and three bugs of the new code.
 CORE_MUTANTS = (
     "MUT_FAST_PID_ONLY",
     "MUT_FOREIGN_TRUSTED",
@@ -127,6 +128,7 @@ def quick_results() -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in _parse(QUICK_JOB.wait(timeout=420), QUICK_ARGS)}
 
 
+@pytest.mark.model
 @pytest.mark.timeout(480)
 @pytest.mark.parametrize("name", QUICK)
 def test_model_check(name: str, quick_results: dict[str, dict[str, Any]]) -> None:
@@ -168,6 +170,7 @@ def _mutants(core: bool) -> list[Any]:
     return [pytest.param(*m, id=m[0]) for m in MUTANTS if (m[0] in CORE_MUTANTS) == core]
 
 
+@pytest.mark.model
 @pytest.mark.timeout(480)
 @pytest.mark.parametrize(("define", "check", "bug"), _mutants(core=True))
 def test_model_catches_seeded_bug(
