@@ -147,7 +147,7 @@ def diagnose(h: _handle.Handle, tally: Tally) -> None:
 
 @pytest.mark.timeout(180)
 def test_chaos(lock_name: str, tmp_path: os.PathLike[str]) -> None:
-    tally = chaos(lock_name, str(tmp_path), seconds=4, seed=7)
+    tally = chaos(lock_name, str(tmp_path), seconds=2, seed=7)
     assert not tally.problems, tally.problems
 
 

@@ -219,7 +219,7 @@ def _recoveries_race(name: str, rounds: int, holders: int = 6) -> None:
 
 
 def test_recoveries_racing_claims_rob_nobody(lock_name: str) -> None:
-    _recoveries_race(lock_name, rounds=8)
+    _recoveries_race(lock_name, rounds=4)
 
 
 @pytest.mark.stress
