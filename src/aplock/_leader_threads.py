@@ -120,7 +120,8 @@ class Leadership:
         self._fresh()
 
     def _fresh(self) -> None:
-        self._mutex = threading.Lock()
+        # Reentrant: stop() from a signal handler may interrupt the main thread inside it.
+        self._mutex = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._elected = threading.Condition(self._mutex)

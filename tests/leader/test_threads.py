@@ -439,6 +439,29 @@ def test_the_lock_is_given_back_only_once_the_job_has_returned(leader_name: str)
     assert took_over > cleaned.get(timeout=5)
 
 
+def test_stop_from_a_signal_handler_inside_its_own_lock_does_not_deadlock(
+    leader_name: str,
+) -> None:
+    # A handler runs between two bytecodes of the main thread, which may be inside
+    # wait_leading() or start() at that moment, holding the leadership's lock: the stop
+    # the handler asks for must not wait for that lock.
+    jobs = Jobs()
+    leadership = Leadership(leader_name, jobs.job("a")).start()
+    try:
+        jobs.next("start")
+        previous = signal.signal(signal.SIGUSR1, lambda signum, frame: leadership.stop(0))
+        try:
+            with leadership._elected:  # where wait_leading() is between two waits
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+                time.sleep(0.01)  # the handler runs here
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+        jobs.next("end")
+        assert leadership.stop(10)
+    finally:
+        leadership.stop(10)
+
+
 def test_its_threads_leave_signals_to_the_main_thread(leader_name: str) -> None:
     # A SIGTERM that one of them took would never run its handler while the main thread
     # blocks in an untimed wait; the kernel gives it only to threads that do not block it.
