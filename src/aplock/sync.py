@@ -5,6 +5,7 @@ Knows nothing of async; ``aplock.aio.AsyncLock`` composes it.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -203,8 +204,31 @@ class Lock(_WithAcquire):
 
         Raises:
             LockNotHeldError: nobody holds the lock.
+            TypeError: *pid* is not an ``int``.
+            ValueError: *pid* is not the pid of an existing process.
         """
-        self._h.hand_off(None if pid is None else identity_of(pid))
+        self._h.hand_off(None if pid is None else identity_of(self._hand_off_pid(pid)))
+
+    def _hand_off_pid(self, pid: object) -> int:
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise TypeError(
+                f"aplock.Lock({self._name!r}).hand_off(): pid must be a process id (int) "
+                f"or None, not {pid!r}"
+            )
+        exists = pid > 0
+        if exists:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                exists = False
+            except PermissionError:
+                pass  # it exists, and belongs to another user
+        if not exists:
+            raise ValueError(
+                f"aplock.Lock({self._name!r}).hand_off(): pid {pid} is no process's; pass "
+                "the pid of the live process that will release the lock, or None to detach it"
+            )
+        return pid
 
     def info(self) -> LockInfo:
         """A snapshot of the lock's state: holder, whether it is alive, generation."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -127,6 +128,31 @@ def test_lock_positional_arguments_too(lock_name: str) -> None:
     with pytest.raises(TypeError, match=r"; to wait at most 5\.0 seconds, pass timeout=5\.0$"):
         lock.acquire(5.0)  # type: ignore[arg-type]
     assert not lock.locked()
+
+
+@pytest.mark.parametrize(
+    ("pid", "error", "says"),
+    [
+        ("1", TypeError, "pid must be a process id (int) or None, not '1'"),
+        (1.0, TypeError, "pid must be a process id (int) or None, not 1.0"),
+        (True, TypeError, "pid must be a process id (int) or None, not True"),
+        (0, ValueError, "pid 0 is no process's; pass the pid of the live process"),
+        (-5, ValueError, "pid -5 is no process's"),
+        (2**22 + 1, ValueError, f"pid {2**22 + 1} is no process's"),  # above pid_max
+    ],
+)
+def test_lock_hand_off_to_no_process(
+    lock_name: str, pid: object, error: type[Exception], says: str
+) -> None:
+    # A holder recorded for a pid that no process has could never be proven dead.
+    lock = aplock.Lock(lock_name)
+    assert lock.acquire(False)
+    with pytest.raises(
+        error, match="^" + re.escape(f"aplock.Lock({lock_name!r}).hand_off(): {says}")
+    ):
+        lock.hand_off(pid)  # type: ignore[arg-type]
+    assert lock.info().holder_pid == os.getpid()  # nothing was recorded
+    lock.release()
 
 
 def test_lock_message_in_full(lock_name: str) -> None:
