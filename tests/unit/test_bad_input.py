@@ -16,72 +16,15 @@ import multiprocessing
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 import anyio
-import psycopg
 import pytest
 
 import aplock
-from aplock.postgres import AsyncPgLock, PgLock
-from tests.support import pg_helpers
-
-Admin = psycopg.Connection[Any]
-
-TIMEOUT = "timeout must be a number of seconds or None, not "
-BLOCK = "block must be True or False, not "
-
-
-class RaisingBool:
-    """A ``block`` whose truth test raises (multiprocessing never calls it on 3.11)."""
-
-    def __bool__(self) -> bool:
-        raise RuntimeError("truth test called")
-
-    def __repr__(self) -> str:
-        return "RaisingBool()"
-
-
-@dataclass(frozen=True)
-class Bad:
-    """A bad call: its arguments, the error, and what the message says after the lock."""
-
-    id: str
-    kwargs: dict[str, Any] = field(hash=False)
-    error: type[Exception]
-    says: str
-
-
-BAD = [
-    Bad("str", {"timeout": "abc"}, TypeError, TIMEOUT + "'abc'"),
-    Bad("numeric-str", {"timeout": "0.2"}, TypeError, TIMEOUT + "'0.2'"),
-    Bad("bytes", {"timeout": b"1"}, TypeError, TIMEOUT + "b'1'"),
-    Bad("list", {"timeout": [1]}, TypeError, TIMEOUT + "[1]"),
-    Bad("complex", {"timeout": 1j}, TypeError, TIMEOUT + "1j"),
-    Bad("nan", {"timeout": math.nan}, ValueError, TIMEOUT + "NaN"),
-    Bad("minus-nan", {"timeout": -math.nan}, ValueError, TIMEOUT + "NaN"),
-    Bad("decimal-nan", {"timeout": Decimal("NaN")}, ValueError, TIMEOUT + "NaN"),
-    Bad("huge-int", {"timeout": 10**400}, OverflowError, "timeout is too large"),
-    Bad("block-str", {"block": "no"}, TypeError, BLOCK + "'no'"),
-    Bad("block-none", {"block": None}, TypeError, BLOCK + "None"),
-    Bad("block-list", {"block": []}, TypeError, BLOCK + "[]"),
-    Bad("block-float", {"block": 0.5}, TypeError, BLOCK + "0.5; to wait at most 0.5 seconds"),
-    Bad("block-raising-bool", {"block": RaisingBool()}, TypeError, BLOCK + "RaisingBool()"),
-    Bad("block-and-timeout", {"block": "no", "timeout": "abc"}, TypeError, BLOCK + "'no'"),
-    Bad("no-block-str", {"block": False, "timeout": "abc"}, TypeError, TIMEOUT + "'abc'"),
-    Bad("no-block-list", {"block": False, "timeout": [1]}, TypeError, TIMEOUT + "[1]"),
-    Bad("int-no-block-str", {"block": 0, "timeout": "0.2"}, TypeError, TIMEOUT + "'0.2'"),
-]
-
-bad_calls = pytest.mark.parametrize("bad", BAD, ids=[b.id for b in BAD])
-
-
-def expected(bad: Bad, kind: str, name: str) -> str:
-    """The message's start, as a regex: ``aplock.Lock('x').acquire(): timeout must...``."""
-    return "^" + re.escape(f"{kind}({name!r}).acquire(): {bad.says}")
+from tests.support.bad_calls import BLOCK, TIMEOUT, Bad, bad_calls, expected
 
 
 @pytest.fixture
@@ -260,78 +203,3 @@ async def test_async_lock_odd_but_valid_arguments(lock_name: str) -> None:
     alock.release()
     assert await alock.acquire(timeout=math.inf) is True
     alock.release()
-
-
-# ---- PgLock and AsyncPgLock -----------------------------------------------------------
-
-
-@pytest.fixture
-def pg_held(dsn: str, pg: tuple[str, Admin]) -> Iterator[PgLock]:
-    """A PgLock, in a session of its own, holding the test name until the test ends."""
-    holder = PgLock(pg[0], dsn)
-    assert holder.acquire(False)
-    yield holder
-    if holder.held:
-        holder.release()
-    holder.close()
-
-
-@bad_calls
-def test_pg_lock_free(dsn: str, pg: tuple[str, Admin], bad: Bad) -> None:
-    lock = PgLock(pg[0], dsn)
-    try:
-        with pytest.raises(bad.error, match=expected(bad, "aplock.postgres.PgLock", pg[0])):
-            lock.acquire(**bad.kwargs)
-        assert not lock.held
-        assert pg_helpers.key_holders(pg[1], lock.key) == ([], 0)
-    finally:
-        lock.close()
-
-
-@bad_calls
-@pytest.mark.timeout(10)  # a bad block taken for True would otherwise wait forever
-def test_pg_lock_held(dsn: str, pg: tuple[str, Admin], pg_held: PgLock, bad: Bad) -> None:
-    holders = pg_helpers.key_holders(pg[1], pg_held.key)[0]
-    assert len(holders) == 1
-    lock = PgLock(pg[0], dsn)
-    try:
-        with pytest.raises(bad.error, match=expected(bad, "aplock.postgres.PgLock", pg[0])):
-            lock.acquire(**bad.kwargs)
-        assert not lock.held
-        assert pg_helpers.key_holders(pg[1], lock.key) == (holders, 0)  # none waits
-    finally:
-        lock.close()
-
-
-@bad_calls
-@pytest.mark.anyio
-async def test_async_pg_lock_free(dsn: str, pg: tuple[str, Admin], bad: Bad) -> None:
-    lock = AsyncPgLock(pg[0], dsn)
-    try:
-        kind = "aplock.postgres.AsyncPgLock"
-        with pytest.raises(bad.error, match=expected(bad, kind, pg[0])):
-            await lock.acquire(**bad.kwargs)
-        assert not lock.held
-        assert not lock.locked()
-        assert pg_helpers.key_holders(pg[1], lock.key) == ([], 0)
-    finally:
-        await lock.aclose()
-
-
-@bad_calls
-@pytest.mark.anyio
-async def test_async_pg_lock_held(
-    dsn: str, pg: tuple[str, Admin], pg_held: PgLock, bad: Bad
-) -> None:
-    holders = pg_helpers.key_holders(pg[1], pg_held.key)[0]
-    assert len(holders) == 1
-    lock = AsyncPgLock(pg[0], dsn)
-    try:
-        kind = "aplock.postgres.AsyncPgLock"
-        with anyio.fail_after(5), pytest.raises(bad.error, match=expected(bad, kind, pg[0])):
-            await lock.acquire(**bad.kwargs)
-        assert not lock.held
-        assert not lock.locked()
-        assert pg_helpers.key_holders(pg[1], lock.key) == (holders, 0)  # none waits
-    finally:
-        await lock.aclose()
