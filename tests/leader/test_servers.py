@@ -19,7 +19,7 @@ from aplock._leader_sides import LeaderFile
 from aplock.sync import RECOVERY_INTERVAL
 from tests.support import leader_journal
 from tests.support.leader_server import Served, alive, serving
-from tests.support.startup_server import stop
+from tests.support.served import stop
 
 if TYPE_CHECKING:
     from pathlib import Path

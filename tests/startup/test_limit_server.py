@@ -63,7 +63,7 @@ def _kill_one_inside(srv: LimitServer) -> tuple[int, float]:
         victim[:] = [fresh[-1].pid] if fresh else []
         return bool(fresh)
 
-    srv.wait_for(someone_just_entered, "a request to enter the section")
+    srv.until(someone_just_entered, "a request to enter the section")
     (pid,) = victim
     return pid, srv.kill(pid)
 
@@ -82,7 +82,7 @@ def _kill_and_recover(srv: LimitServer) -> tuple[float, float]:
         after = [v for v in found if v.exit is not None and v.exit > killed_at]
         return first_reached(found, LIMIT, killed_at) is not None and len(after) >= 4
 
-    srv.wait_for(again, f"{LIMIT} requests inside again after worker {pid} was killed")
+    srv.until(again, f"{LIMIT} requests inside again after worker {pid} was killed")
     entries = srv.entries()
     found = srv.visits()
     held = open_at(found, pid, killed_at)
@@ -123,7 +123,7 @@ def test_a_worker_killed_inside_gives_its_permit_back(tmp_path: Path, lock_name:
     with serving("uvicorn", tmp_path, lock_name, limit=LIMIT, seconds=SECTION) as srv:
         srv.wait_started(WORKERS)
         with Load(srv.url, clients=8) as load:
-            srv.wait_for(lambda: most_inside(srv.visits()) >= LIMIT, f"{LIMIT} inside at once")
+            srv.until(lambda: most_inside(srv.visits()) >= LIMIT, f"{LIMIT} inside at once")
             recovery, again = _kill_and_recover(srv)
             (killed_at,) = srv.killed.values()
         found = srv.visits()
@@ -147,7 +147,7 @@ def test_worker_after_worker_killed_inside(server: str, tmp_path: Path, lock_nam
         srv.wait_started(WORKERS)
         with Load(srv.url, clients=12) as load:
             for _ in range(10):
-                srv.wait_for(lambda: most_inside(srv.visits()) >= LIMIT, f"{LIMIT} inside")
+                srv.until(lambda: most_inside(srv.visits()) >= LIMIT, f"{LIMIT} inside")
                 recoveries.append(_kill_and_recover(srv)[0])
         found = srv.visits()
     print(f"\nrecoveries: {[round(r, 3) for r in recoveries]}")

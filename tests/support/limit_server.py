@@ -1,7 +1,6 @@
 """Run the FastAPI concurrency-limit example under real servers, load it, read its journal.
 
-The server runs as a subprocess in its own session (process group) on 127.0.0.1 and is
-always stopped and reaped (``startup_server.stop``). Load comes from client threads,
+The server is run, read and reaped by ``tests.support.served``. Load comes from client threads,
 each sending one request at a time on a new connection (so that the kernel spreads them
 over the workers), until told to stop. Every request's ``enter`` and ``exit`` lines in
 the journal give the interval during which it was inside the limited section; the
@@ -11,30 +10,26 @@ worker's clock is ``time.monotonic()``, the same clock as the test's on Linux.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 import aplock
-from tests.support.startup_server import GUNICORN_WORKER, free_port, stop
+from tests.support import served
+from tests.support.served import Entry
+from tests.support.startup_server import GUNICORN_WORKER
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_limit"
 #: What the example logs once per worker when its start-up is complete.
 STARTED = "Application startup complete"
-
-Entry = dict[str, Any]
 
 
 def command(server: str, port: int, workers: int) -> list[str]:
@@ -66,41 +61,19 @@ class Visit:
 
 
 @dataclass
-class LimitServer:
-    """A running server and the files it writes."""
+class LimitServer(served.Server):
+    """A running concurrency-limit example."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
-    journal: Path
-    log: Path
-    killed: dict[int, float] = field(default_factory=dict)
+    shown: int | None = field(default=40, kw_only=True)
 
     @property
     def url(self) -> str:
         """The limited endpoint."""
         return f"http://127.0.0.1:{self.port}/render"
 
-    def entries(self) -> list[Entry]:
-        """The journal so far (complete lines only)."""
-        try:
-            text = self.journal.read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines(keepends=True) if line[-1] == "\n"]
-
     def visits(self) -> list[Visit]:
         """Every request's interval in the section, in the order they entered."""
         return visits(self.entries(), self.killed)
-
-    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-        """Poll *predicate* until it holds; fail with the server's log if not."""
-        end = time.monotonic() + timeout
-        while not predicate():
-            if self.proc.poll() is not None:
-                self.fail(f"the server exited ({self.proc.returncode}) before {what}")
-            if time.monotonic() > end:
-                self.fail(f"timed out waiting for {what}")
-            time.sleep(0.01)
 
     def wait_started(self, workers: int) -> None:
         """Wait until *workers* workers have started and HTTP answers."""
@@ -109,21 +82,9 @@ class LimitServer:
             log = self.log.read_text(errors="replace") if self.log.exists() else ""
             return log.count(STARTED) >= workers
 
-        self.wait_for(started, f"{workers} workers to start")
-        response = httpx.get(f"http://127.0.0.1:{self.port}/docs", timeout=10)
+        self.until(started, f"{workers} workers to start", every=0.01)
+        response = self.get("/docs")
         assert response.status_code == 200, response.text
-
-    def kill(self, pid: int) -> float:
-        """SIGKILL one worker; return when (the journal's clock)."""
-        self.killed[pid] = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        return self.killed[pid]
-
-    def fail(self, why: str) -> None:
-        """Fail the test with the server's output and the journal's tail."""
-        log = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-        tail = self.entries()[-40:]
-        raise AssertionError(f"{why}\n--- journal (tail):\n{tail}\n--- server log:\n{log}")
 
 
 @contextlib.contextmanager
@@ -137,30 +98,18 @@ def serving(
     workers: int = 4,
 ) -> Iterator[LimitServer]:
     """Serve the example with semaphore *name* of value *limit*; clean up after."""
-    port = free_port()
-    journal = tmp_path / "journal.jsonl"
-    log = tmp_path / "server.log"
     env = {
-        **os.environ,
         "LIMIT": str(limit),
         "LIMIT_SECONDS": str(seconds),
-        "LIMIT_JOURNAL": str(journal),
+        "LIMIT_JOURNAL": str(tmp_path / served.JOURNAL),
         "LIMIT_SEMAPHORE": name,
     }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            command(server, port, workers),
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
-        yield LimitServer(proc, port, journal, log)
+        with served.launch(
+            LimitServer, tmp_path, lambda port: command(server, port, workers), env
+        ) as srv:
+            yield srv
     finally:
-        stop(proc)
         aplock.unlink(name)
 
 
