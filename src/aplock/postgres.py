@@ -2,7 +2,9 @@
 
 ``PgLock(name, dsn)`` and ``AsyncPgLock(name, dsn)`` have the shape of ``aplock.Lock``
 and ``aplock.AsyncLock``; moving from one host to many is a change of constructor.
-Each lock is a session-level advisory lock on the key ``advisory_key(name)``.
+Each lock is a session-level advisory lock on the key ``advisory_key(name)``; the
+fencing token of an acquisition (``acquisition.generation``) is the server's transaction
+id of the round trip that got it, which grows across the whole cluster.
 ``PgMarker`` and ``AsyncPgMarker`` record completed work for ``aplock.startup.Once``
 and ``AsyncOnce`` in a table, so that start-up work runs once across hosts.
 
@@ -29,12 +31,15 @@ if _typing.TYPE_CHECKING:
 
     from ._pg.sources import AsyncConnectionPool
     from ._pg.steps import AsyncConnection, Connection
+    from .sync import Acquisition
 
     class _Knows(Protocol):
         @property
         def held(self) -> bool: ...
         @property
         def closed(self) -> bool: ...
+        @property
+        def acquisition(self) -> Acquisition | None: ...
 
 
 __all__ = [
@@ -77,6 +82,22 @@ class _Facade:
         """Whether the object was closed (``close()``, or ``aclose()``)."""
         return self._backend.closed
 
+    @property
+    def acquisition(self) -> Acquisition | None:
+        """The fencing token of the acquisition this object holds; ``None`` while it
+        holds none (no I/O).
+
+        Its ``generation`` is the server's transaction id, assigned in the round trip
+        that got the lock, once the lock was granted: greater than that of every earlier
+        acquisition of any lock on the same PostgreSQL cluster, whichever host or
+        process made it. Pass it along with work guarded by the lock, so that the
+        resource can refuse a holder whose session ended while it went on working.
+        ``abandoned_pid`` is always ``None``: the server does not say whether the
+        previous holder died. Each acquisition consumes one transaction id, and only a
+        primary assigns them: on a standby, ``acquire()`` raises ``LockUnavailableError``.
+        """
+        return self._backend.acquisition
+
     def __repr__(self) -> str:
         if self.closed:
             state = "closed"
@@ -103,6 +124,11 @@ class PgLock(_WithAcquire, _Facade):
       ``LockLostError``.
     - ``locked()`` asks the server (one round trip), except while this object holds
       the lock or is acquiring it.
+    - **The fencing token is cluster-wide.** ``acquisition.generation`` is the
+      transaction id that the server assigns in the round trip that gets the lock:
+      greater than that of every earlier acquisition of any lock on the cluster, not
+      consecutive. Each acquisition consumes one transaction id, and only a primary
+      assigns them (on a standby ``acquire()`` raises ``LockUnavailableError``).
 
     Args:
         name: any non-empty string of at most 1,024 characters (as for ``Lock``); it
@@ -242,6 +268,8 @@ class AsyncPgLock(_Facade):
     the lock had been lost); ``locked()`` cannot ask the server without awaiting, so it
     reports this object's own state; there is no ``acquire_nowait()`` (a try needs a
     round trip: ``await acquire(block=False)``). Use one object per event loop at a time.
+    ``acquisition`` is ``PgLock``'s: the cluster-wide fencing token (``None`` from the
+    moment ``release()`` starts the unlock).
 
     Args:
         name_or_lock: a lock name, or a ``PgLock`` to run in worker threads.

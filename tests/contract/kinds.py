@@ -50,7 +50,9 @@ class Kind:
         locked: what ``locked()`` tells (see ``Locked``); ``None``: there is no
             ``locked()`` (a semaphore has ``get_value()``).
         pickles: it pickles by name (an ``AsyncPgLock`` does not).
-        acquisition: it has ``acquisition``, the fencing token of the holder.
+        acquisition: it has ``acquisition``, the fencing token of the holder (a
+            POSIX lock's counts its acquisitions from 1; a PostgreSQL lock's is a
+            transaction id, increasing but not consecutive).
         info: it has ``info()``, a snapshot with the holders and the generation.
         hand_off: it has ``hand_off(pid)``.
         acquire_nowait: it has ``acquire_nowait()`` (``anyio.WouldBlock`` if held).
@@ -170,7 +172,7 @@ PG_LOCK = Kind(
     release_by_other_process=False,
     locked="database",
     pickles=True,
-    acquisition=False,
+    acquisition=True,
     info=False,
     hand_off=False,
     acquire_nowait=False,

@@ -88,10 +88,15 @@ def test_lock_timeout_never_ends_a_wait_early(remaining: float | None, ms: int) 
 # ---- the protocol, without a server: it only yields steps ------------------------
 
 
+class _Info:
+    server_version = 150000
+
+
 class _Conn:
     """What the protocol reads of a connection (it never calls one)."""
 
     closed = False
+    info = _Info()
 
 
 class _OneConnection(Source[Any]):
@@ -118,8 +123,8 @@ def _statement(step: Step[Any]) -> str:
 def test_protocol_undoes_a_grant_cut_short_by_lock_timeout_and_waits_again() -> None:
     source = _OneConnection()
     flow = AdvisoryLock("jobs", 42, source).take(Deadline.after(60), Cancel())
-    assert _statement(next(flow)) == pgsql.TRY
-    wait = flow.send((False, 7))  # held by someone else: wait in the server
+    assert _statement(next(flow)) == pgsql.try_statement(150000)
+    wait = flow.send((None, 7))  # held by someone else: wait in the server
     assert isinstance(wait, Wait)
     assert "pg_advisory_lock(42)" in wait.statement
     assert "lock_timeout" in wait.statement
@@ -128,8 +133,8 @@ def test_protocol_undoes_a_grant_cut_short_by_lock_timeout_and_waits_again() -> 
     assert _statement(cleanup) == pgsql.UNLOCK_IF_HELD
     assert isinstance(flow.send(None), Wait)  # then it waits again
     with pytest.raises(StopIteration) as done:
-        flow.send((None, 7))
-    assert done.value.value == Held(source.conn, 7)
+        flow.send((1234, 7))
+    assert done.value.value == Held(source.conn, 7, 1234)
     assert source.given_back == 0  # the holder keeps its connection
 
 
@@ -137,7 +142,7 @@ def test_protocol_cancelled_wait_leaves_nothing_held() -> None:
     source, cancel = _OneConnection(), Cancel[Any]()
     flow = AdvisoryLock("jobs", 42, source).take(Deadline.after(60), cancel)
     next(flow)
-    flow.send((False, 7))
+    flow.send((None, 7))
     assert cancel.request() == (source.conn, False)  # the runner cancels in the server
     cleanup = flow.throw(psycopg.errors.QueryCanceled("canceling statement"))
     assert _statement(cleanup) == pgsql.UNLOCK_IF_HELD
@@ -151,7 +156,7 @@ def test_protocol_interrupted_wait_is_undone_and_the_interruption_goes_on() -> N
     source = _OneConnection()
     flow = AdvisoryLock("jobs", 42, source).take(Deadline.after(60), Cancel())
     next(flow)
-    flow.send((False, 7))
+    flow.send((None, 7))
     assert _statement(flow.throw(KeyboardInterrupt())) == pgsql.UNLOCK_IF_HELD
     with pytest.raises(KeyboardInterrupt):
         flow.send(None)
@@ -160,7 +165,7 @@ def test_protocol_interrupted_wait_is_undone_and_the_interruption_goes_on() -> N
 
 def test_protocol_turns_a_changed_session_into_lock_lost() -> None:
     source = _OneConnection()
-    flow = AdvisoryLock("jobs", 42, source).unlock(Held(source.conn, 7))
+    flow = AdvisoryLock("jobs", 42, source).unlock(Held(source.conn, 7, 1234))
     assert _statement(next(flow)) == pgsql.UNLOCK
     with pytest.raises(LockLostError, match="different server session"):
         flow.send((None,))  # the CASE found another backend pid: nothing unlocked
@@ -401,7 +406,7 @@ def test_a_changed_session_is_never_unlocked(locks: list[PgLock], pg: tuple[str,
     a.acquire()
     held = a._backend._held
     assert held is not None
-    a._backend._held = type(held)(held.conn, held.pid + 1)  # as if a proxy swapped the session
+    a._backend._held = type(held)(held.conn, held.pid + 1, held.generation)  # a proxy's swap
     with pytest.raises(LockLostError, match="transaction mode"):
         a.check()
     with pytest.raises(LockLostError, match="transaction mode"):

@@ -136,6 +136,21 @@ def count_in_lock(dsn: str, name: str, path: str, rounds: int) -> None:
     lock.close()
 
 
+def record_generations(dsn: str, name: str, path: str, rounds: int) -> None:
+    """*rounds* times: under the lock, append ``pid generation`` to the file at *path*."""
+    from aplock.postgres import PgLock
+
+    lock = PgLock(name, dsn)
+    for _ in range(rounds):
+        with lock:
+            acquisition = lock.acquisition
+            assert acquisition is not None
+            with open(path, "a") as f:
+                f.write(f"{os.getpid()} {acquisition.generation}\n")
+            time.sleep(0.002)  # long enough for the other process to queue in the server
+    lock.close()
+
+
 def unpickle_and_try(pickled: bytes, result: Any) -> None:
     """Unpickle a lock and report whether it could be taken without waiting."""
     import pickle

@@ -40,7 +40,7 @@ from aplock._deadline import Deadline
 from aplock.errors import LockClosedError, LockError, LockNotHeldError
 
 from . import steps
-from .protocol import AdvisoryLock, Held
+from .protocol import AdvisoryLock, Held, acquisition_of
 from .sources import Dedicated, Gates, Source, async_source
 from .steps import CANCEL_TIMEOUT, AsyncConnection, Cancel, Connection, Step, Steps, one_row
 from .sync import Backend, request_cancel
@@ -48,6 +48,8 @@ from .translate import NOT_HELD
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from aplock.sync import Acquisition
 
     from .sources import AsyncConnectionPool
     from .steps import Flow
@@ -172,6 +174,11 @@ class _Native:
         self._protocol = AdvisoryLock(name, key, source)
         self._held: Held[AsyncConnection] | None = None
 
+    @property
+    def acquisition(self) -> Acquisition | None:
+        """The generation of the acquisition held (``None`` if none)."""
+        return acquisition_of(self._held)
+
     async def take(self, deadline: Deadline) -> bool:
         """Take the lock by *deadline*; on cancellation leave nothing held and re-raise."""
         self._held = await run(self._protocol.take(deadline, Cancel()))
@@ -201,6 +208,11 @@ class _Threaded:
         self.gate = anyio.Semaphore(1, fast_acquire=True)
         # One thread for the head task's statement, one for a cancel request beside it.
         self._limiter = anyio.CapacityLimiter(2)
+
+    @property
+    def acquisition(self) -> Acquisition | None:
+        """As ``_Native.acquisition``: the backend's."""
+        return self.backend.acquisition
 
     async def _in_thread(self, func: Callable[..., _T], *args: Any) -> _T:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
@@ -403,6 +415,14 @@ class AsyncBackend:
             )
         self.held = False
         return binding
+
+    @property
+    def acquisition(self) -> Acquisition | None:
+        """The generation of the acquisition this object holds (``None`` if none)."""
+        binding = self._binding
+        if not self.held or binding is None:
+            return None
+        return binding.driver.acquisition
 
     def locked(self) -> bool:
         """Whether this object holds the lock, or is acquiring or releasing it."""

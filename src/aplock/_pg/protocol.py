@@ -6,7 +6,9 @@ operation a flow (see ``steps.py``) that ``sync.run`` and ``aio.run`` execute al
 
 - ``take``: ``pg_try_advisory_lock`` first (one round trip for a free lock); if it is
   held, a wait that blocks in the server, ``pg_advisory_lock`` under a ``lock_timeout``
-  set for that statement only, again for what is left until the deadline.
+  set for that statement only, again for what is left until the deadline. The round
+  trip that gets the lock also gets its generation, the fencing token (``sql.generation``:
+  a transaction id, evaluated once the lock was granted).
 - ``unlock``: only if the session is still the one that took the lock (its backend pid),
   so a session that changed under a pooler is never unlocked for someone else.
 - ``check``: whether the session still holds it. ``locked``: whether any session does.
@@ -41,6 +43,7 @@ from psycopg import errors as pgerrors
 
 from aplock._deadline import Deadline
 from aplock.errors import LockUnavailableError
+from aplock.sync import Acquisition
 
 from . import sql
 from .steps import C, Execute, Wait
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     from .sources import Source
     from .steps import Cancel, Flow
 
-__all__ = ["CLEANUP_TRIES", "AdvisoryLock", "Held"]
+__all__ = ["CLEANUP_TRIES", "AdvisoryLock", "Held", "acquisition_of"]
 
 logger = logging.getLogger("aplock.postgres")
 
@@ -64,10 +67,17 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class Held(Generic[C]):
-    """The session that holds the lock for a lock object: its connection and backend pid."""
+    """The session that holds the lock for a lock object: its connection and backend
+    pid, and the acquisition's generation (the fencing token)."""
 
     conn: C
     pid: int
+    generation: int
+
+
+def acquisition_of(held: Held[C] | None) -> Acquisition | None:
+    """What ``acquisition`` says of a lock object that holds *held* (or nothing)."""
+    return None if held is None else Acquisition(held.generation, None)
 
 
 class AdvisoryLock(Generic[C]):
@@ -85,29 +95,36 @@ class AdvisoryLock(Generic[C]):
         or *cancel* was requested. Whatever happens, the session does not keep the lock
         unless this returns it."""
 
-        def attempt(conn: C) -> Flow[C, int | None]:
+        def attempt(conn: C) -> Flow[C, tuple[int, int] | None]:
             return self._take_on(conn, deadline, cancel)
 
         got = yield from self._on_session(deadline, "taking the lock", attempt, undo=True)
         if got is None:
             return None
-        conn, pid = got
-        if pid is None:
+        conn, taken = got
+        if taken is None:
             yield from self.source.give_back(conn)
             return None
-        return Held(conn, pid)
+        pid, generation = taken
+        return Held(conn, pid, generation)
 
-    def _take_on(self, conn: C, deadline: Deadline, cancel: Cancel[C]) -> Flow[C, int | None]:
-        taken, pid = yield Execute(conn, sql.TRY, {"key": self.key})
-        if taken:
-            return int(pid)
+    def _take_on(
+        self, conn: C, deadline: Deadline, cancel: Cancel[C]
+    ) -> Flow[C, tuple[int, int] | None]:
+        """``(backend pid, generation)`` once the lock is taken; ``None`` if not."""
+        version = conn.info.server_version
+        generation, pid = yield Execute(conn, sql.try_statement(version), {"key": self.key})
+        if generation is not None:
+            return int(pid), int(generation)
         while not deadline.expired():
             if not cancel.arm(conn):
                 return None
             timeout_ms = sql.lock_timeout_ms(deadline.remaining())
-            statement = sql.wait_statement(self.key, timeout_ms)
+            statement = sql.wait_statement(self.key, timeout_ms, version)
             try:
-                _, pid = yield Wait(conn, statement, results=sql.WAIT_RESULTS, cancel=cancel)
+                generation, pid = yield Wait(
+                    conn, statement, results=sql.WAIT_RESULTS, cancel=cancel
+                )
             except pgerrors.LockNotAvailable:
                 # lock_timeout (the loop ends if the deadline passed). Like a cancel, it
                 # can fail the statement just after the lock was granted: undo that.
@@ -120,7 +137,7 @@ class AdvisoryLock(Generic[C]):
                 raise
             finally:
                 cancel.disarm()
-            return int(pid)
+            return int(pid), int(generation)
         return None
 
     def _on_session(

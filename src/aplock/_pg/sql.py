@@ -11,6 +11,12 @@ which PostgreSQL (11 and later) computes itself as::
                                     from 1 for 8), 'hex'))::bit(64)::bigint
 
 so tools in any language, and plain SQL, can find or take the same lock.
+
+An acquisition's fencing token (its *generation*) is the server's transaction id,
+assigned in the statement that got the lock, after the lock was granted: the
+epoch-extended 64-bit ``pg_current_xact_id()`` (``txid_current()`` before PostgreSQL
+13). Transaction ids come from one counter per cluster, so the generation is greater
+than that of every acquisition, of any lock, that came before. It takes no table.
 """
 
 from __future__ import annotations
@@ -41,8 +47,6 @@ _THIS_KEY = (
 )
 _MINE = f"{_THIS_KEY} AND granted AND pid = pg_backend_pid()"
 
-#: Take the lock if it is free: ``(taken, backend pid)``.
-TRY = "SELECT pg_try_advisory_lock(%(key)s), pg_backend_pid()"
 #: Release it, but only if the session is still the one that took it (``%(pid)s``):
 #: ``NULL`` if the session changed, else whether the session held it.
 UNLOCK = "SELECT CASE WHEN pg_backend_pid() = %(pid)s THEN pg_advisory_unlock(%(key)s) END"
@@ -56,8 +60,10 @@ LOCKED = f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {_THIS_KEY} AND granted)"
 #: idle holder is the normal case, so the server must never end its session for idling.
 SETUP = "SET idle_session_timeout = 0"
 SETUP_SINCE = 140000
-#: Results of a ``wait_statement``; the row of the last is ``(void, backend pid)``.
-WAIT_RESULTS = 3
+#: Results of a ``wait_statement``; the row of the last is ``(generation, backend pid)``.
+WAIT_RESULTS = 4
+#: The first server version (``server_version_num``) with ``pg_current_xact_id()``.
+XACT_ID_SINCE = 130000
 
 
 def advisory_key(name: str) -> int:
@@ -83,16 +89,38 @@ def lock_timeout_ms(remaining: float | None) -> int:
     return min(max(math.ceil(remaining * 1000.0), 1), MAX_LOCK_TIMEOUT_MS)
 
 
-def wait_statement(key: int, timeout_ms: int) -> str:
+def generation(server_version: int) -> str:
+    """The SQL expression of a new generation (a ``bigint``) on a server of that version.
+
+    Evaluating it gives the statement's transaction a transaction id, if it has none
+    yet: that consumes one, and a standby (a server in recovery) refuses it.
+    """
+    if server_version >= XACT_ID_SINCE:
+        return "pg_current_xact_id()::text::bigint"  # xid8 has no cast to bigint
+    return "txid_current()"
+
+
+def try_statement(server_version: int) -> str:
+    """Take the lock if it is free: ``(generation, backend pid)``, the generation
+    ``NULL`` if the lock is held (then no transaction id is consumed)."""
+    return (
+        f"SELECT CASE WHEN pg_try_advisory_lock(%(key)s) THEN {generation(server_version)} END,"
+        " pg_backend_pid()"
+    )
+
+
+def wait_statement(key: int, timeout_ms: int, server_version: int) -> str:
     """One round trip that blocks in the server until the lock is taken or time runs out.
 
-    A simple-protocol query string of three statements, which PostgreSQL runs as one
+    A simple-protocol query string of four statements, which PostgreSQL runs as one
     implicit transaction: ``SET LOCAL`` therefore lasts only for this wait, and a
     ``statement_timeout`` configured for the role cannot cut a longer wait short. The
-    last result is ``(void, backend pid)``. Both numbers are ``int``, formatted by us.
+    statement after the wait runs only once the lock was granted; its result, the
+    last, is ``(generation, backend pid)``. Both numbers are ``int``, formatted by us.
     """
     return (
         "SET LOCAL statement_timeout = 0; "
         f"SET LOCAL lock_timeout = {int(timeout_ms)}; "
-        f"SELECT pg_advisory_lock({int(key)}), pg_backend_pid()"
+        f"SELECT pg_advisory_lock({int(key)}); "
+        f"SELECT {generation(server_version)}, pg_backend_pid()"
     )

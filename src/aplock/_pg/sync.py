@@ -21,7 +21,7 @@ from psycopg.rows import tuple_row
 from aplock.errors import LockClosedError, LockError, LockNotHeldError, LockUnavailableError
 
 from . import steps
-from .protocol import AdvisoryLock, Held
+from .protocol import AdvisoryLock, Held, acquisition_of
 from .sources import Dedicated, Gates, sync_source
 from .steps import CANCEL_TIMEOUT, Cancel, Connection, Step, Steps, one_row
 from .translate import NOT_HELD
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from aplock._deadline import Deadline
+    from aplock.sync import Acquisition
 
     from .sources import ConnectionPool
     from .steps import Flow
@@ -174,6 +175,11 @@ class Backend:
     def held(self) -> bool:
         """Whether this object holds the lock, as far as it knows."""
         return self._held is not None
+
+    @property
+    def acquisition(self) -> Acquisition | None:
+        """The generation of the acquisition this object holds (``None`` if none)."""
+        return acquisition_of(self._held)
 
     def acquire(self, deadline: Deadline, cancel: Cancel[Connection] | None = None) -> bool:
         """Take the lock by *deadline*; *cancel*, if given, can stop it from another thread."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
 
 from aplock.errors import LockLostError, LockUnavailableError
@@ -43,10 +44,20 @@ def target(conninfo: str | None, conn: Any = None) -> str:
 
 def unavailable(name: str, where: str, doing: str, exc: BaseException) -> LockUnavailableError:
     """The error for a failed request that did not take or release the lock."""
+    if isinstance(exc, pgerrors.ReadOnlySqlTransaction):
+        advice = (
+            "the server refuses to write (a standby in recovery, or a read-only session): "
+            "aplock.postgres needs the primary, which assigns the transaction ids that are "
+            "the locks' fencing tokens and whose advisory locks every client sees; connect "
+            "to it (for example with target_session_attrs=read-write)"
+        )
+    else:
+        advice = (
+            "check that the server is up and reachable and that the connection string or "
+            "connection is right"
+        )
     return LockUnavailableError(
-        name,
-        f"{doing} on {where} failed ({type(exc).__name__}: {str(exc).strip()}); check that "
-        "the server is up and reachable and that the connection string or connection is right",
+        name, f"{doing} on {where} failed ({type(exc).__name__}: {str(exc).strip()}); {advice}"
     )
 
 
