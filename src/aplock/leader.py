@@ -29,7 +29,10 @@ How it behaves, and why:
   holder proven dead.
 - **The fencing token** is the lock's generation (``term.token``): greater for every
   new term. The job should pass it to what it writes, so that a resource can refuse a
-  leader that was presumed dead. A lock without generations gives ``None``.
+  leader that was presumed dead. A PostgreSQL lock's is the transaction id of the round
+  trip that took it: increasing across the whole cluster (not consecutive), one
+  transaction id consumed per term, on the primary only (not a standby). A lock without
+  generations gives ``None``.
 - **A job that returns** ends its work, not the term: the process stays leader,
   running nothing, until it exits or loses the lock. Work that needs doing once per
   leader is done once, not over and over; a job with nothing to do may just return;

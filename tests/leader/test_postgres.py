@@ -3,8 +3,9 @@
 The leader's session is ended behind its back (``pg_terminate_backend``): the server
 frees the lock at once and a worker of either group takes it, while the old leader is
 still alive. Its job must be cancelled before the new leader's first heartbeat, which
-the journal shows (every term ended before the next started). A SIGKILLed leader's
-session ends with it; a graceful stop hands over after the settle time.
+the journal shows (every term ended before the next started), and each term's fencing
+token is greater than the one before. A SIGKILLed leader's session ends with it; a
+graceful stop hands over after the settle time.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 
-from aplock.leader import settle
-from aplock.postgres import advisory_key
+from aplock.leader import AsyncLeadership, Leadership, LeaderTerm, settle
+from aplock.postgres import AsyncPgLock, PgLock, advisory_key
 from tests.support import leader_journal
 from tests.support.leader_workers import CHECK_INTERVAL, Crew
 from tests.support.pg_helpers import key_holders, terminate, wait_until
@@ -86,7 +88,11 @@ def test_a_terminated_session_cancels_the_job_before_the_next_leader_beats(
     order = leader_journal.check_one_writer(crew.entries(), crew.killed)
     assert all(t.stopped or t.killed for t in order)
     assert len(order) >= 4
-    assert all(t.token is None for t in order)  # PgLock has no fencing token yet
+    # The fencing token is the acquisition's generation, a transaction id: it grew from
+    # term to term (check_one_writer compares each with the one before).
+    tokens = [t.token for t in order if type(t.token) is int]
+    assert len(tokens) == len(order), order
+    assert tokens == sorted(set(tokens)), tokens
     wanted = settle(CHECK_INTERVAL)
     for took in [*takeovers, killed_takeover]:
         assert wanted - 0.01 <= took <= wanted + 1.0, (takeovers, killed_takeover)
@@ -104,3 +110,55 @@ def test_sessions_terminated_again_and_again(
             terminate_the_leader(crew, admin, name)
     order = leader_journal.check_one_writer(crew.entries(), crew.killed)
     assert len(order) >= 16
+
+
+# ---- in one process: the term's token is the acquisition's generation ---------------
+
+
+def test_a_pglock_term_carries_the_acquisition_generation(pg: tuple[str, Any], dsn: str) -> None:
+    lock = PgLock(pg[0], dsn)
+    tokens: list[int] = []
+
+    def job(term: LeaderTerm) -> None:
+        acquisition = lock.acquisition
+        assert acquisition is not None
+        assert type(term.token) is int
+        assert term.token == acquisition.generation
+        tokens.append(acquisition.generation)
+        term.wait()
+
+    for _ in range(2):
+        with Leadership(lock, job, check_interval=0.05) as leadership:
+            assert leadership.wait_leading(10)
+        assert lock.acquisition is None
+    lock.close()
+    assert len(tokens) == 2
+    assert tokens[0] < tokens[1]
+
+
+@pytest.mark.anyio
+async def test_an_async_pglock_term_carries_the_acquisition_generation(
+    pg: tuple[str, Any], dsn: str
+) -> None:
+    lock = AsyncPgLock(pg[0], dsn)
+    tokens: list[int] = []
+    started = anyio.Event()
+
+    async def job(term: LeaderTerm) -> None:
+        acquisition = lock.acquisition
+        assert acquisition is not None
+        assert type(term.token) is int
+        assert term.token == acquisition.generation
+        tokens.append(acquisition.generation)
+        started.set()
+        await anyio.sleep_forever()
+
+    for _ in range(2):
+        started = anyio.Event()
+        async with AsyncLeadership(lock, job, check_interval=0.05):
+            with anyio.fail_after(10):
+                await started.wait()
+        assert lock.acquisition is None
+    await lock.aclose()
+    assert len(tokens) == 2
+    assert tokens[0] < tokens[1]
