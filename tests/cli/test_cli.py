@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,11 @@ from aplock._cli.command import main
 from aplock._names import posix_names
 from aplock._posix import record as _state
 from aplock.startup import FileMarker
+from tests.cli.conftest import NOBODY, Run
 from tests.support import workers
 from tests.support.procs import SPAWN, kill, running
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The uid and gid the tests run the command as when they need another user.
-NOBODY = 65534
-SETPRIV_ARGS = (f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 
 
 def cli(*args: str, errors: str = "strict") -> subprocess.CompletedProcess[str]:
@@ -159,36 +156,6 @@ def test_repair_frees_a_stuck_lock_and_only_a_stuck_lock(lock_name: str) -> None
 
 
 # -- another user's locks -----------------------------------------------------------------
-
-Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def as_nobody() -> Run:
-    """Run ``python ARGS`` as uid/gid 65534; skip when that is not possible here."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: it creates a lock as root and inspects it as uid 65534")
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("needs setpriv (util-linux) to run the command as another user")
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [setpriv, *SETPRIV_ARGS, sys.executable, *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            cwd="/",
-        )
-
-    probe = run("-c", "import aplock.__main__")
-    if probe.returncode != 0:
-        pytest.skip(
-            f"uid {NOBODY} cannot import aplock from {sys.executable} (make the venv and "
-            f"the source tree readable by it): {probe.stderr.strip()[-300:]}"
-        )
-    return run
 
 
 def test_another_users_lock_breaks_nothing(lock_name: str, as_nobody: Run) -> None:
