@@ -1,2 +1,3 @@
 """The ``aplock`` command: the command line (``command``), host-wide inspection
-(``inspect``) and the demo (``demo``). Nothing in the library imports this package."""
+(``inspect``), the leaders' files (``leaders``) and the demo (``demo``). Nothing in the
+library imports this package."""

@@ -1,5 +1,5 @@
-"""The ``aplock`` command: inspect and clean the locks and semaphores on this host, or run
-the demo.
+"""The ``aplock`` command: inspect and clean the locks and semaphores on this host, and
+their leaders' files, or run the demo.
 
 Exit status: 0 success, including a sweep (``clean`` with no names) that left locks in use
 in place; 1 a named lock or semaphore does not exist, ``clean NAME`` or ``repair``
@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aplock._names import validate
@@ -21,9 +24,12 @@ from aplock.errors import LockError
 
 from . import demo as _demo
 from . import inspect as _inspect
+from . import leaders as _leaders
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from .leaders import Leader
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -98,6 +104,70 @@ def _state(lock: _inspect.HostLock) -> str:
     return "held" if lock.locked else "free"
 
 
+def _since(when: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+    except (OverflowError, OSError, ValueError):
+        return f"{when:.0f}"
+
+
+def _unreadable(leader: Leader) -> str:
+    if os.geteuid() in (0, leader.owner_uid):
+        return "not a leader record"
+    return f"unreadable (uid {leader.owner_uid})"
+
+
+def _term(leader: Leader) -> str:
+    """``token 7, since 2025-01-02 10:42:07`` (of a readable leader file)."""
+    token = "-" if leader.token is None else str(leader.token)
+    since = "-" if leader.since is None else _since(leader.since)
+    return f"token {token}, since {since}"
+
+
+def _facts(leader: Leader) -> str:
+    """``pid 18148, token 7, since 2025-01-02 10:42:07`` (of a readable leader file)."""
+    return f"pid {leader.pid}, {_term(leader)}"
+
+
+def _leader_cell(leader: Leader | None) -> str:
+    """The LEADER column: the leader's pid, token and start, or why its file is stale."""
+    if leader is None:
+        return "-"
+    if leader.pid is None:
+        return _unreadable(leader)
+    if leader.stale:
+        return f"stale: {leader.stale_reason}"
+    mark = "" if leader.stale is False else " (?)"
+    return f"{leader.pid}{mark}, {_term(leader)}"
+
+
+def _leader_line(leader: Leader) -> str:
+    """One line on a lock's leader file, for ``show``."""
+    if leader.pid is None:
+        return f"leader file {leader.path}: {_unreadable(leader)}"
+    if leader.stale:
+        return (
+            f"stale leader file: {leader.stale_reason} (it names {_facts(leader)}); {leader.path}"
+        )
+    if leader.stale is None:
+        return (
+            f"leader file: {_facts(leader)}, but whether it leads cannot be told (the lock's "
+            f"record cannot be read); {leader.path}"
+        )
+    held = "" if leader.since is None else f" ({max(time.time() - leader.since, 0.0):.1f}s)"
+    return f"leader: {_facts(leader)}{held}; {leader.path}"
+
+
+def _stray_label(leader: Leader) -> str:
+    return repr(leader.name) if leader.name else os.path.basename(leader.path)
+
+
+def _stray_line(leader: Leader) -> str:
+    """One line on a leader file whose lock is gone."""
+    facts = f"it names {_facts(leader)}" if leader.pid is not None else _unreadable(leader)
+    return f"stale leader file of {_stray_label(leader)}: its lock is gone ({facts}); {leader.path}"
+
+
 def _columns(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -106,14 +176,21 @@ def _columns(rows: Sequence[Sequence[str]]) -> str:
 
 
 def _table(locks: Sequence[_inspect.HostLock]) -> str:
-    rows = [("NAME", "KIND", "STATE", "HOLDER", "HELD FOR", "GENERATION", "OPEN IN")]
+    """The locks, one a line; a LEADER column when one of them has a leader file."""
+    leaders = any(lock.leader is not None for lock in locks)
+    rows = [["NAME", "KIND", "STATE", "HOLDER", "HELD FOR", "GENERATION", "OPEN IN"]]
+    if leaders:
+        rows[0].append("LEADER")
     for lock in locks:
         held = "-" if lock.held_for is None else f"{lock.held_for:.1f}s"
         generation = "-" if lock.generation is None else str(lock.generation)
         users = ",".join(map(str, lock.users)) or "-"
         name = _printable(lock.name) if lock.name else lock.base
         kind = lock.kind or "?"
-        rows.append((name, kind, _state(lock), _holder(lock), held, generation, users))
+        row = [name, kind, _state(lock), _holder(lock), held, generation, users]
+        if leaders:
+            row.append(_printable(_leader_cell(lock.leader)))
+        rows.append(row)
     return _columns(rows)
 
 
@@ -126,12 +203,17 @@ def _holders_table(lock: _inspect.HostLock) -> str:
 
 
 def _print(locks: Sequence[_inspect.HostLock], as_json: bool) -> None:
+    """The locks as a table or JSON; the table is followed by the leader files whose
+    lock is gone (the JSON lists locks only)."""
     if as_json:
         print(json.dumps([lock.to_json() for lock in locks], indent=2))
-    elif locks:
-        print(_table(locks))
-    else:
-        print("no aplock locks or semaphores on this host")
+        return
+    print(_table(locks) if locks else "no aplock locks or semaphores on this host")
+    strays = _leaders.without_lock()
+    if strays:
+        print()
+        for leader in strays:
+            print(_printable(_stray_line(leader)))
 
 
 def _missing(name: str) -> int:
@@ -147,11 +229,20 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     lock = _inspect.find(args.name)
     if lock is None:
-        return _missing(args.name)
+        status = _missing(args.name)
+        stray = _leaders.without_lock_named(args.name)
+        if stray is not None:
+            print(
+                _printable(f"aplock: {_stray_line(stray)}; 'aplock clean' removes it"),
+                file=sys.stderr,
+            )
+        return status
     if args.json:
         print(json.dumps(lock.to_json(), indent=2))
         return EXIT_OK
     print(_table([lock]))
+    if lock.leader is not None:
+        print("\n" + _printable(_leader_line(lock.leader)))
     if lock.is_semaphore:
         print(
             f"\nvalue {lock.value}, {lock.free} free, {lock.recoveries} recovered from dead holders"
@@ -169,54 +260,116 @@ def _refusal(lock: _inspect.HostLock, force: bool) -> str | None:
     return None if why is None else f"{why} (use --force to remove anyway)"
 
 
+def _also(removed: _inspect.Removed) -> str:
+    """`` and its 2 run-once markers``, ``, its run-once marker and its leader file``..."""
+    parts = []
+    if n := len(removed.markers):
+        parts.append(f"its {n} run-once marker{'s' if n > 1 else ''}")
+    if removed.leader_file is not None:
+        parts.append("its leader file")
+    if len(parts) == 2:
+        return f", {parts[0]} and {parts[1]}"
+    return f" and {parts[0]}" if parts else ""
+
+
 def _cmd_clean(args: argparse.Namespace) -> int:
-    """Remove the named locks, or sweep them all; a sweep leaves locks in use and succeeds."""
+    """Remove the named locks, or sweep them all; a sweep leaves locks in use and succeeds.
+
+    A removed lock's leader file goes with it; a stale leader file whose lock is gone, or
+    is free but stays (it is open somewhere), is removed on its own.
+    """
     sweep = not args.names
     missing = False
+    strays: list[tuple[str, Leader]] = []  # stale leader files removed on their own
     if sweep:
         locks = _inspect.scan()
+        strays = [(_stray_label(leader), leader) for leader in _leaders.without_lock()]
     else:
         locks = []
         for name in args.names:
             found = _inspect.find(name)
-            if found is None:
+            stray = None if found is not None else _leaders.without_lock_named(name)
+            if found is not None:
+                locks.append(found)
+            elif stray is not None:
+                strays.append((repr(name), stray))
+            else:
                 _missing(name)
                 missing = True
-            else:
-                locks.append(found)
-    removed: list[tuple[_inspect.HostLock, list[str]]] = []
+    removed: list[tuple[_inspect.HostLock, _inspect.Removed]] = []
     refused: list[tuple[_inspect.HostLock, str]] = []
     failed: list[tuple[_inspect.HostLock, str]] = []
     for lock in locks:
         why = _refusal(lock, args.force)
         if why is not None:
             refused.append((lock, why))
+            if lock.locked is False and lock.leader is not None and lock.leader.stale:
+                strays.append((_label(lock), lock.leader))
             continue
         try:
-            markers = _inspect.remove(lock)
+            done = _inspect.remove(lock)
         except LockError as exc:
             failed.append((lock, exc.detail))
         else:
-            removed.append((lock, markers))
+            removed.append((lock, done))
+    files = _clean_leader_files(strays)
     if args.json:
-        report: dict[str, list[dict[str, Any]]] = {
-            "removed": [lock.to_json() | {"markers": markers} for lock, markers in removed],
+        report: dict[str, Any] = {
+            "removed": [
+                lock.to_json() | {"markers": done.markers, "leader_file": done.leader_file}
+                for lock, done in removed
+            ],
             "refused": [lock.to_json() | {"reason": why} for lock, why in refused],
             "failed": [lock.to_json() | {"error": error} for lock, error in failed],
+            "leader_files": {
+                "removed": [leader.to_json() for _, leader in files.removed],
+                "refused": [leader.to_json() | {"reason": why} for _, leader, why in files.refused],
+                "failed": [leader.to_json() | {"error": e} for _, leader, e in files.failed],
+            },
         }
         print(json.dumps(report, indent=2))
     else:
-        for lock, markers in removed:
-            n = len(markers)
-            also = f" and its {n} run-once marker{'s' if n > 1 else ''}" if n else ""
-            print(f"removed {_label(lock)}{also}")
+        for lock, done in removed:
+            print(f"removed {_label(lock)}{_also(done)}")
         for lock, why in refused:
             print(f"refused {_label(lock)}: {why}")
+        for label, leader in files.removed:
+            print(f"removed the stale leader file of {label} ({leader.stale_reason})")
+        for label, _, why in files.refused:
+            print(f"refused the stale leader file of {label}: {why}")
         for lock, error in failed:
             print(f"aplock: could not remove {_label(lock)}: {error}", file=sys.stderr)
-    if failed or missing or (refused and not sweep):
+        for label, _, error in files.failed:
+            print(f"aplock: stale leader file of {label}: {error}", file=sys.stderr)
+    if failed or files.failed or missing or ((refused or files.refused) and not sweep):
         return EXIT_REFUSED
     return EXIT_OK
+
+
+@dataclass
+class _LeaderFiles:
+    """What became of the stale leader files that ``clean`` removes on their own."""
+
+    removed: list[tuple[str, Leader]] = field(default_factory=list)
+    refused: list[tuple[str, Leader, str]] = field(default_factory=list)
+    failed: list[tuple[str, Leader, str]] = field(default_factory=list)
+
+
+def _clean_leader_files(strays: Sequence[tuple[str, Leader]]) -> _LeaderFiles:
+    """Remove each ``(label, stale leader file)`` this user may; one replaced since it was
+    read (by a new leader) is left alone, and not reported."""
+    files = _LeaderFiles()
+    for label, leader in strays:
+        why = _leaders.owner_refusal(leader)
+        if why is not None:
+            files.refused.append((label, leader, why))
+            continue
+        try:
+            if _leaders.remove(leader, label):
+                files.removed.append((label, leader))
+        except LockError as exc:
+            files.failed.append((label, leader, exc.detail))
+    return files
 
 
 def _cmd_repair(args: argparse.Namespace) -> int:

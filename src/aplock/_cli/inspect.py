@@ -11,7 +11,8 @@ Another user's lock (created with the default mode ``0o600``) is listed as *unre
 with its owner's uid, and a record of another aplock release's layout as unreadable with
 its layout version; nothing about one lock can make the inspection of another fail.
 A lock's run-once markers (the files of ``startup.FileMarker`` in its default directory)
-belong to it: ``remove`` removes them with it.
+and its leader file (see ``leaders``) belong to it: ``remove`` removes them with it. The
+leader file is read before the record, and judged against it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import stat
 import struct
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aplock import _names
 from aplock._core import core_of
@@ -35,6 +36,11 @@ from aplock._posix.identity import is_proven_dead, judge
 from aplock.errors import LockPermissionError, LockUnavailableError
 from aplock.semaphore import BoundedSemaphore, Semaphore
 from aplock.sync import Lock
+
+from . import leaders as _leaders
+
+if TYPE_CHECKING:
+    from .leaders import Leader
 
 #: The kinds of object a record can hold, as ``HostLock.kind`` names them.
 LOCK = _state.LOCK_KIND
@@ -93,6 +99,8 @@ class HostLock:
         holders: the processes that hold it: a lock's one holder, a semaphore's permit
             holders, oldest first (a process that holds several permits appears once per
             permit).
+        leader: its leader file, judged against its record (``None`` if it has none);
+            ``leader.leading`` says that the lock is a leadership and its holder leads.
     """
 
     name: str
@@ -113,6 +121,7 @@ class HostLock:
     value: int | None = None
     free: int | None = None
     holders: tuple[Holder, ...] = ()
+    leader: Leader | None = None
 
     @property
     def is_semaphore(self) -> bool:
@@ -130,6 +139,7 @@ class HostLock:
         data["users"] = list(self.users)
         data["holders"] = [asdict(holder) for holder in self.holders]
         data["removable"] = self.removable
+        data["leader"] = None if self.leader is None else self.leader.to_json()
         return data
 
 
@@ -240,11 +250,27 @@ def _read_record(entry: str) -> tuple[os.stat_result, bytes | None] | None:
 
 
 def _lock_at(entry: str, users: dict[str, list[int]]) -> HostLock | None:
+    """The lock whose record is *entry*, with its leader file (read first, see ``leaders``)."""
+    base = _names.base_of_record(entry)
+    leader = _leaders.read(base)
+    lock = _record_at(entry, base, users)
+    if lock is None or leader is None:
+        return lock
+    leader = _leaders.judged(
+        leader,
+        locked=lock.locked if lock.readable else None,
+        holder_pid=lock.holder_pid,
+        holder_alive=lock.holder_alive,
+        generation=lock.generation,
+    )
+    return dataclasses.replace(lock, leader=leader)
+
+
+def _record_at(entry: str, base: str, users: dict[str, list[int]]) -> HostLock | None:
     found = _read_record(entry)
     if found is None:
         return None
     st, raw = found
-    base = _names.base_of_record(entry)
     opened = tuple(users.get(entry, ()))
     layout = None if raw is None else _state.layout(raw)
     kind = None if raw is None else _state.kind(raw)
@@ -406,12 +432,21 @@ def marker_files(lock: HostLock) -> list[str]:
     return sorted(os.path.join(directory, e) for e in entries if e.startswith(prefix))
 
 
-def remove(lock: HostLock) -> list[str]:
-    """Remove the lock's OS objects, then its run-once markers; return the markers removed.
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """What ``remove`` removed besides the lock's OS objects."""
+
+    markers: list[str]
+    leader_file: str | None
+
+
+def remove(lock: HostLock) -> Removed:
+    """Remove the lock's OS objects, then its run-once markers and its leader file (the
+    one that was read: not one written since by a leader of a new lock of that name).
 
     Raises:
-        LockPermissionError, LockUnavailableError: an object or a marker could not be
-            removed (it belongs to another user, say).
+        LockPermissionError, LockUnavailableError: an object, a marker or the leader file
+            could not be removed (it belongs to another user, say).
     """
     name = lock.name or lock.base
     _posix.unlink(name, _names.PosixNames(lock.base))
@@ -435,4 +470,11 @@ def remove(lock: HostLock) -> list[str]:
                 exc.errno,
             ) from None
         removed.append(path)
-    return removed
+    leader_file = None
+    if lock.leader is not None:
+        try:
+            if _leaders.remove(lock.leader, name):
+                leader_file = lock.leader.path
+        except (LockPermissionError, LockUnavailableError) as exc:
+            raise type(exc)(name, f"removed the lock, but {exc.detail}", exc.errno) from None
+    return Removed(removed, leader_file)
