@@ -16,10 +16,9 @@ import pytest
 
 import aplock
 from aplock._leader_sides import LeaderFile
-from tests.cli import leader_workers
 from tests.cli.conftest import Run
 from tests.cli.test_cli import _private_shm
-from tests.support import workers
+from tests.support import leader_workers, workers
 from tests.support.procs import SPAWN, kill, running
 
 pytestmark = pytest.mark.timeout(90)

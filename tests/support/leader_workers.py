@@ -11,6 +11,7 @@ connection of the worker's own.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from tests.support import leader_journal
@@ -97,6 +98,20 @@ def _async(backend: str, name: str, journal: str, dsn: str | None) -> None:
             await lock.aclose()
 
     anyio.run(main, backend=backend)
+
+
+def lead_until_killed(name: str, conn: Any) -> None:
+    """Lead through the lock *name* with a job that waits; send the term's token over
+    *conn* once the job runs (its leader file is written by then); live until killed."""
+    from aplock.leader import Leadership, LeaderTerm
+
+    def job(term: LeaderTerm) -> None:
+        conn.send(term.token)
+        term.wait()
+
+    Leadership(name, job).start()
+    while True:
+        time.sleep(3600)
 
 
 class Crew:
