@@ -68,6 +68,14 @@ class Core(Protocol):
     def release(self) -> None:
         """Give back one acquisition."""
 
+    def hand_over(self) -> bool:
+        """End this process's acquisition and begin a new one of this process at once.
+
+        The primitive is never free in between, so no other thread or process can get
+        it; the new acquisition has the next generation. Returns ``False`` (and does
+        nothing) when this process holds nothing to hand over: the caller releases.
+        """
+
     def warn_abandoned(self, takeover: Takeover) -> None:
         """Issue the ``AbandonedLockWarning`` of *takeover*; release if that raises."""
 

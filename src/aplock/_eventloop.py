@@ -17,7 +17,7 @@ import anyio.lowlevel
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-__all__ = ["current_loop", "is_asyncio", "notifier", "spawn"]
+__all__ = ["current_loop", "is_asyncio", "notifier", "running_loop", "spawn"]
 
 # Background tasks of asyncio loops: the loop keeps only weak references to its tasks.
 _tasks: set[asyncio.Task[None]] = set()
@@ -36,6 +36,23 @@ def current_loop() -> object:
         except RuntimeError:
             pass
     return anyio.lowlevel.current_token().native_token
+
+
+def running_loop() -> object | None:
+    """``current_loop()``, or ``None`` when this thread runs no event loop."""
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        return loop
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_trio_token()  # type: ignore[no-any-return]
+        except RuntimeError:
+            pass
+    try:
+        return anyio.lowlevel.current_token().native_token
+    except RuntimeError:  # no async library runs in this thread
+        return None
 
 
 def is_asyncio(loop: object) -> bool:

@@ -11,16 +11,23 @@ once on AnyIO over this module:
   waits through a core of its own in slices, is woken by the kernel when the primitive
   is posted, and grants it to the first task in the queue through that task's event
   loop.
+- **Handoff in the loop, bounded.** A task that releases while a task of its own loop
+  waits hands the primitive straight to that task (``release``): a new acquisition with
+  the next generation, made through the core without the OS primitive ever being free,
+  and without the thread. At most ``HANDOFF_LIMIT`` handoffs in a row, and none once
+  ``HANDOFF_WINDOW`` has passed since the first of them: then a real release gives the
+  threads and processes that wait on the OS primitive their turn.
 - **Cancellation never leaks an acquisition.** A task that stops waiting leaves the
-  queue under the gate's mutex; if it was granted the primitive meanwhile, it releases
-  it. The thread exits within one slice once no task waits, so ``asyncio.run`` and
-  ``trio.run`` shut down promptly.
+  queue under the gate's mutex; if it was granted the primitive meanwhile, it gives it
+  on to the next task (within the bound) or back. The thread exits within one slice
+  once no task waits, so ``asyncio.run`` and ``trio.run`` shut down promptly.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING
@@ -29,7 +36,7 @@ import anyio
 import anyio.lowlevel
 
 from ._deadline import Deadline
-from ._eventloop import current_loop, notifier
+from ._eventloop import current_loop, notifier, running_loop
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -37,6 +44,12 @@ if TYPE_CHECKING:
     from ._core import Core, Takeover
 
 _WAITING, _GRANTED, _GONE, _FAILED = 0, 1, 2, 3
+
+#: The most handoffs in a row from task to task of one loop before a real release.
+HANDOFF_LIMIT = 64
+#: Seconds after the first handoff of a row past which the next release is a real one.
+HANDOFF_WINDOW = 0.001
+_monotonic = time.monotonic
 
 
 class _Waiter:
@@ -61,13 +74,17 @@ class Gate:
     granted the primitive meanwhile, it releases it.
     """
 
-    __slots__ = ("mutex", "notify", "server", "waiters")
+    __slots__ = ("mutex", "notify", "server", "streak", "streak_since", "waiters")
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
         self.waiters: deque[_Waiter] = deque()
         self.server: threading.Thread | None = None
         self.notify: Callable[[Callable[[], object]], object] | None = None
+        #: Handoffs in a row since the last real release from this loop, and when the
+        #: first of them was made (touched only by the loop's own thread).
+        self.streak = 0
+        self.streak_since = 0.0
 
     @property
     def waiting(self) -> int:
@@ -97,6 +114,15 @@ def gate_for(core: Core) -> Gate:
         return gate
 
 
+def _gate_here(core: Core) -> Gate | None:
+    """The running event loop's gate for *core*'s primitive, if it has one."""
+    per_loop = _gates.get(core.gate_key)
+    if not per_loop:
+        return None
+    loop = running_loop()
+    return None if loop is None else per_loop.get(loop)
+
+
 def _forget_gates() -> None:
     global _gates_lock
     _gates_lock = threading.Lock()
@@ -120,6 +146,43 @@ async def acquire(core: Core, wait: float | None) -> bool:
     return await wait_in(gate, core, Deadline.after(wait))
 
 
+def release(core: Core) -> None:
+    """Release *core*'s primitive; to the next waiting task of this loop if the bound allows.
+
+    The handoff (``Core.hand_over``) is made under the gate's mutex with the first
+    waiting task marked granted in the same step, so that a task that stops waiting
+    meanwhile either finds itself granted (and gives it on or back) or is not chosen.
+    It needs a second task waiting behind that one: the gate's thread, which waits on
+    the OS primitive while any task waits, then always has a task to grant it to, and
+    never takes a post meant for others only to give it back. So the last task of a
+    queue is granted by the thread, as is every task when only one waits at a time.
+    Outside an event loop, with fewer than two tasks of this loop waiting, past the
+    bound, or with nothing of this process's to hand over, it is a real release.
+    """
+    gate = _gate_here(core)
+    if gate is None or len(gate.waiters) < 2:
+        if gate is not None:
+            gate.streak = 0
+        core.release()
+        return
+    now = _monotonic()
+    if gate.streak == 0:
+        gate.streak_since = now
+    waiter = None
+    if gate.streak < HANDOFF_LIMIT and now - gate.streak_since < HANDOFF_WINDOW:
+        with gate.mutex:
+            if len(gate.waiters) > 1 and core.hand_over():
+                waiter = gate.waiters.popleft()
+                waiter.state = _GRANTED
+                waiter.takeover = None
+    if waiter is None:
+        gate.streak = 0
+        core.release()
+        return
+    gate.streak += 1
+    waiter.event.set()
+
+
 async def wait_in(gate: Gate, core: Core, deadline: Deadline) -> bool:
     """Queue in *gate* until granted *core*'s primitive or *deadline*; warn on takeover."""
     waiter = _Waiter()
@@ -137,11 +200,14 @@ async def wait_in(gate: Gate, core: Core, deadline: Deadline) -> bool:
             )
             gate.server.start()
     try:
-        with anyio.move_on_after(_seconds(deadline)):
-            await waiter.event.wait()
+        if deadline.at is None:
+            await waiter.event.wait()  # no cancel scope of our own: the common case
+        else:
+            with anyio.move_on_after(_seconds(deadline)):
+                await waiter.event.wait()
     except BaseException:
         if _leave(gate, waiter):
-            core.release()  # granted while we were being cancelled: give it back
+            release(core)  # granted while we were being cancelled: give it on, or back
         with anyio.CancelScope(shield=True):
             await _server_idle(gate)
         raise

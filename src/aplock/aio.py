@@ -122,10 +122,14 @@ class AsyncLock(_AsyncWithAcquire):
     def release(self) -> None:
         """Release the lock (synchronous, like ``asyncio.Lock.release``).
 
+        If a task of the calling event loop waits for it, the lock goes straight to
+        that task, within a bound that gives other threads and processes their turn
+        (see ``aplock._gate``).
+
         Raises:
             LockNotHeldError: (a ``ValueError``) nobody holds the lock.
         """
-        self._lock.release()
+        _gate.release(core_of(self._lock))
 
     def locked(self) -> bool:
         """Whether some task, thread or process holds the lock now."""
@@ -252,10 +256,13 @@ class AsyncSemaphore(_AsyncWithAcquire):
     def release(self) -> None:
         """Return one permit (synchronous, like ``asyncio.Semaphore.release``).
 
+        If a task of the calling event loop waits for a permit, this process's permit
+        goes straight to that task, within the same bound as ``AsyncLock.release``.
+
         Raises:
             LockNotHeldError: (a ``ValueError``) a bounded semaphore's permits are all free.
         """
-        self._semaphore.release()
+        _gate.release(core_of(self._semaphore))
 
     def get_value(self) -> int:
         """The number of free permits now."""

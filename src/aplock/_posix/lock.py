@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aplock._core import Takeover, warn_abandoned
 
 from .handle import Handle
+from .handover import hand_over_lock
 from .registry import ClosedHandle, acquire_handle
 
 if TYPE_CHECKING:
@@ -79,6 +80,11 @@ class LockCore:
     def release(self) -> None:
         """Release the lock (any thread or process may)."""
         self.h.release()
+
+    def hand_over(self) -> bool:
+        """Turn this process's acquisition into a new one of this process, ``L`` kept."""
+        h = self.h
+        return isinstance(h, Handle) and hand_over_lock(h)
 
     def warn_abandoned(self, takeover: Takeover) -> None:
         """Warn of *takeover* at the user's frame; release if the warning raises."""

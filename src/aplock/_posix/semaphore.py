@@ -63,6 +63,7 @@ from aplock.errors import (
 from . import ipc as _posix
 from . import record as _record
 from . import slots as _slots
+from .handover import hand_over_permit
 from .identity import Identity, identity, is_proven_dead
 from .registry import ClosedHandle, Registry
 
@@ -247,13 +248,13 @@ class SemHandle:
                 self.mine.append((slot, generation))
         except BaseException:
             if generation:
-                self._give_back(slot, generation)
+                self.give_back(slot, generation)
             raise
         if dead_pid:
             return generation, Takeover(generation, dead_pid, dead_generation)
         return generation, None
 
-    def _give_back(self, slot: int, generation: int) -> None:
+    def give_back(self, slot: int, generation: int) -> None:
         """Free *slot* if it still holds our acquisition *generation* (an interrupted claim)."""
         words = self.words
         at = _slots.slot_word(slot)
@@ -270,7 +271,7 @@ class SemHandle:
         """Give back one permit (see the module docstring for which one)."""
         words = self.words
         with self.guard.held():
-            slot = self._own_slot()
+            slot = self.own_slot()
             if slot < 0:
                 slot = self._oldest_slot()
             if slot >= 0:
@@ -291,7 +292,7 @@ class SemHandle:
                 words[_EXTRA] = extra + 1  # the commit point
             self._wake_waiters(1)
 
-    def _own_slot(self) -> int:
+    def own_slot(self) -> int:
         """Under the guard: the slot of this process's latest acquisition still held, or -1."""
         words = self.words
         mine = self.mine
@@ -537,6 +538,11 @@ class SemaphoreCore:
     def release(self) -> None:
         """Give back one permit (any thread or process may)."""
         self.h.release()
+
+    def hand_over(self) -> bool:
+        """Turn this process's latest permit into a new acquisition of this process."""
+        h = self.h
+        return isinstance(h, SemHandle) and hand_over_permit(h)
 
     def warn_abandoned(self, takeover: Takeover) -> None:
         """Warn of *takeover* at the user's frame; release if the warning raises."""
