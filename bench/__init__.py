@@ -17,4 +17,5 @@ METRIC_MODULES: tuple[str, ...] = (
     "bench.cancellation_bench",
     "bench.import_time_bench",
     "bench.semaphore_bench",
+    "bench.fairness_bench",
 )
