@@ -7,6 +7,8 @@
   (mirrored by the model in ``model/``).
 - ``registry``: the handles of this process, one per name, and ``fork()``.
 - ``lock``: the ``Core`` of a lock (``aplock._core``): one object's use of a handle.
+- ``handover``: a lock or a permit handed to a new acquisition of this process without
+  being freed (the async gates' in-loop handoff).
 - ``slots``: the layout of a semaphore's record (its slot table of owned permits).
 - ``semaphore``: a semaphore's handle, its protocol and its ``Core``.
 
