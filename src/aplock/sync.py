@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._context import WithAcquire as _WithAcquire
 from ._deadline import Deadline, normalize_timeout
@@ -17,13 +17,26 @@ from ._posix import handle as _handle
 from ._posix import ipc as _posix
 from ._posix import record as _state
 from ._posix import registry as _registry
+from ._posix.fastpath import FastHandle
 from ._posix.identity import identity_of, judge
 from ._posix.lock import LockCore
+
+if TYPE_CHECKING:
+    from ._posix._fast import FastLock
 
 __all__ = ["Acquisition", "Lock", "LockInfo", "unlink"]
 
 _HAS_VALUE = _posix.HAS_VALUE
 _PID_WORD = _state.PID_WORD
+
+
+class _Steps(Protocol):
+    """What ``release()`` and ``locked()`` call: a ``Handle``, its ``FastLock``, or a closed
+    handle."""
+
+    def release(self) -> None: ...
+    def locked(self) -> bool: ...
+
 
 #: Default seconds between checks, while waiting, of whether the holder has died.
 RECOVERY_INTERVAL = 0.25
@@ -103,7 +116,7 @@ class Lock(_WithAcquire):
         True
     """
 
-    __slots__ = ("__weakref__", "_core", "_h", "_name")
+    __slots__ = ("__weakref__", "_core", "_f", "_h", "_name", "_t")
 
     def __init__(
         self,
@@ -118,6 +131,11 @@ class Lock(_WithAcquire):
         self._core = core = LockCore(name, mode, recovery_interval)
         #: The core's handle, kept here too for the uncontended path (see ``close``).
         self._h: _handle.Handle | _registry.ClosedHandle = core.h
+        #: The compiled steps (``None`` on the pure-Python path or once closed): ``f[0]``
+        #: tries to take the lock (a subscript: see ``FastHandle.try_take``).
+        self._f: FastLock | None = core.h.fast if isinstance(core.h, FastHandle) else None
+        #: What release() and locked() call: the C object, else the handle.
+        self._t: _Steps = self._f if self._f is not None else core.h
 
     @property
     def name(self) -> str:
@@ -142,6 +160,7 @@ class Lock(_WithAcquire):
             OverflowError: *timeout* is an int too large for a float.
         """
         h = self._h
+        f = self._f
         if block is not True or timeout is not None:  # not the default call
             # Check the arguments (normalize_timeout), unless they are the usual valid
             # ones: block=False, or a positive float or int timeout (NaN is not > 0.0).
@@ -157,9 +176,12 @@ class Lock(_WithAcquire):
             ):
                 timeout = normalize_timeout(block, timeout, "aplock.Lock", self._name)
                 block = timeout != 0.0  # zero or less: one try, as block=False
-            if not block and (not h.sem.value if _HAS_VALUE else h.words[_PID_WORD]):
-                return False  # held: answer without the cost of a failed sem_trywait
-        if h.try_take() is not None:
+            if not block:
+                if f is not None:
+                    return f[0] is not None  # a failed sem_trywait costs nothing in C
+                if not h.sem.value if _HAS_VALUE else h.words[_PID_WORD]:
+                    return False  # held: answer without the cost of a failed sem_trywait
+        if (h.try_take() if f is None else f[0]) is not None:
             return True
         if not block:
             return False
@@ -175,11 +197,11 @@ class Lock(_WithAcquire):
         Raises:
             LockNotHeldError: (a ``ValueError``) nobody holds the lock.
         """
-        self._h.release()
+        self._t.release()
 
     def locked(self) -> bool:
         """Whether some thread or process holds the lock now."""
-        return self._h.locked()
+        return self._t.locked()
 
     @property
     def acquisition(self) -> Acquisition | None:
@@ -248,7 +270,8 @@ class Lock(_WithAcquire):
         """
         core = self._core
         core.close()
-        self._h = core.h
+        self._f = None
+        self._h = self._t = core.h
 
     @property
     def closed(self) -> bool:

@@ -21,6 +21,10 @@ the dead child left behind and acts as the next waiter:
 
 Never acceptable: both semaphores posted, a free lock with a recorded holder, a waiter
 taking a lock whose holder lives, a recovery beyond its bound, or one without a warning.
+
+The kill points are the bytecodes of the pure-Python steps, so the drivers run on the
+pure path (``APLOCK_PURE=1``); the compiled path does the same steps in C, where the
+model's kills between steps stand for them (``model/README.md``).
 """
 
 from __future__ import annotations
@@ -33,8 +37,16 @@ from collections import Counter
 import pytest
 
 import aplock
+from aplock._posix import fastpath
 from tests.support import killpoint_workers as kw
 from tests.support.procs import running
+
+
+@pytest.fixture(autouse=True)
+def _pure_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drivers (spawned: they inherit the environment) trace the Python steps."""
+    monkeypatch.setenv(fastpath.PURE_ENV, "1")
+
 
 #: Normal runs visit every STRIDE-th bytecode (from a varying offset); stress runs all.
 STRIDES = {

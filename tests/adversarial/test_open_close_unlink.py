@@ -71,7 +71,7 @@ def wait():
         results.append(type(exc).__name__)
 def in_semaphore_wait():
     frame = sys._current_frames().get(waiter.ident)
-    return frame is not None and frame.f_code.co_qualname == "Handle.take"
+    return frame is not None and frame.f_code.co_qualname in ("Handle.take", "FastHandle.take")
 waiter = threading.Thread(target=wait)
 waiter.start()
 while not in_semaphore_wait():

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import aplock
+from aplock._posix import fastpath
 from aplock._posix import handle as _handle
 from aplock._posix import record as _state
 from tests.support import adversarial_workers as aw
@@ -90,8 +91,13 @@ class _TokenThenTwoSignals:
 
 
 def two_signals_after_publish(name: str, conn: Any) -> None:
-    """Acquire while two raising signals land right after the token's post; report."""
+    """Acquire while two raising signals land right after the token's post; report.
+
+    It instruments the Python steps (the token's post), so it runs on the pure path: the
+    compiled path has no step between the post and the return.
+    """
     global ARMED
+    os.environ[fastpath.PURE_ENV] = "1"  # a spawned child: its handle is opened below
     signal.signal(signal.SIGUSR1, _raise_first)
     signal.signal(signal.SIGUSR2, _raise_second)
     lock = aplock.Lock(name)

@@ -27,7 +27,7 @@ def when_waiting(fn):
     def watch():
         while True:
             frame = sys._current_frames().get(main)
-            if frame is not None and frame.f_code.co_qualname == "Handle.take":
+            if frame is not None and frame.f_code.co_qualname in ("Handle.take", "FastHandle.take"):
                 break
             time.sleep(0.001)
         fn()
@@ -132,7 +132,7 @@ def sender():  # started before any wait, so it never blocks SIGUSR1
     while go.acquire():
         while True:
             frame = sys._current_frames().get(main)
-            if frame is not None and frame.f_code.co_qualname == "Handle.take":
+            if frame is not None and frame.f_code.co_qualname in ("Handle.take", "FastHandle.take"):
                 break
             time.sleep(0.001)
         os.kill(os.getpid(), signal.SIGUSR1)

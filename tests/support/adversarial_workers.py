@@ -38,7 +38,7 @@ def handle_of(lock: aplock.Lock) -> _handle.Handle:
 def parked(thread: threading.Thread) -> bool:
     """Whether *thread* (of this process) is in a semaphore wait of the lock protocol."""
     frame = sys._current_frames().get(thread.ident or 0)
-    return frame is not None and frame.f_code.co_qualname == "Handle.take"
+    return frame is not None and frame.f_code.co_qualname in ("Handle.take", "FastHandle.take")
 
 
 def reset(lock: aplock.Lock) -> None:

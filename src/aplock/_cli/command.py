@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aplock._names import validate
+from aplock._posix import fastpath as _fastpath
 from aplock._version import __version__
 from aplock.errors import LockError
 
@@ -422,7 +423,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aplock", description="Inspect and clean aplock locks and semaphores on this host."
     )
-    p.add_argument("--version", action="version", version=f"aplock {__version__}")
+    version = f"aplock {__version__} ({_fastpath.describe()})"
+    p.add_argument("--version", action="version", version=version)
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="list the locks and semaphores on this host with their state")
     ls.add_argument("--json", action="store_true", help="print JSON")

@@ -325,6 +325,10 @@ class Handle:
                     self.sem.release()
             if took:
                 return
+        self.release_guarded()
+
+    def release_guarded(self) -> None:
+        """``release`` for any acquisition but this process's own, or a busy ``H``."""
         with self.guard.held():
             if not self._settle_intent() or not self._free():
                 raise LockNotHeldError(

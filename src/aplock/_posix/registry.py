@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aplock.errors import LockClosedError
 
-from .handle import Handle
+from .fastpath import open_handle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from .handle import Handle
 
 
 class ClosedHandle:
@@ -86,7 +88,7 @@ def _always(handle: object) -> bool:
 
 def acquire_handle(name: str, mode: int) -> Handle:
     """This process's handle for lock *name*, opened on first use."""
-    return LOCKS.get(name, lambda: Handle(name, mode), _always)
+    return LOCKS.get(name, lambda: open_handle(name, mode), _always)
 
 
 def forget_handle(name: str) -> None:
