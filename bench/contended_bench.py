@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ._core import Case, Field, Metric, Mode, Rows, Target, ratio_target, value_target
 from ._measure import forked, join_all, shared_words, workdir
 from ._sync_peers import NOTES, PEERS
+from .sync_uncontended_bench import PURE_VARIANT, select_path
 
 if TYPE_CHECKING:
     from ._sync_peers import Context
@@ -26,11 +27,15 @@ COUNTER, STOP, OPS = 0, 1, 2  # word indices in the shared memory
 
 
 def cases(mode: Mode) -> list[Case]:
-    return [
+    cases = [
         Case(NAME, peer, f"N={n}", {"processes": n, "duration": mode.duration})
         for n in COUNTS
         for peer in PEERS
     ]
+    # aplock on its pure-Python path too (APLOCK_PURE=1), with the most processes.
+    n = COUNTS[-1]
+    params = {"processes": n, "duration": mode.duration, "pure": True}
+    return [*cases, Case(NAME, "aplock", f"N={n}, {PURE_VARIANT}", params)]
 
 
 def _contend(peer_key: str, ctx: Context, me: int, ready: int, go: int, words: memoryview) -> None:
@@ -50,6 +55,7 @@ def _contend(peer_key: str, ctx: Context, me: int, ready: int, go: int, words: m
 
 def measure(case: Case, tag: str) -> dict[str, float]:
     peer = PEERS[case.peer]
+    select_path(case)
     n = int(case.params["processes"])
     duration = float(case.params["duration"])
     ready_r, ready_w = os.pipe()

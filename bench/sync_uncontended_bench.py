@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import os
+
 from ._core import Case, Field, Metric, Mode, Rows, Target, ratio_target
 from ._measure import median, per_op_ns, workdir
 from ._sync_peers import NOTES, PEERS
 
 NAME = "sync_uncontended"
+#: The variant of aplock's row on its pure-Python path (the others: its compiled path).
+PURE_VARIANT = "pure path"
+
+
+def select_path(case: Case) -> None:
+    """Put this case's process (and its children) on aplock's pure path if it asks."""
+    if case.params.get("pure"):
+        os.environ["APLOCK_PURE"] = "1"  # before the case opens its locks
 
 
 def cases(mode: Mode) -> list[Case]:
     params = {"batch_seconds": mode.batch_seconds, "batches": mode.batches}
-    return [Case(NAME, peer, "", params) for peer in PEERS]
+    # aplock on its compiled fast path (the default, where it is built), and once more
+    # on its pure-Python path (APLOCK_PURE=1), side by side.
+    pure = Case(NAME, "aplock", PURE_VARIANT, {**params, "pure": True})
+    return [*(Case(NAME, peer, "", params) for peer in PEERS), pure]
 
 
 def measure(case: Case, tag: str) -> dict[str, float]:
     peer = PEERS[case.peer]
+    select_path(case)
     with workdir(tag) as tmp:
         ctx = peer.prepare(tag, tmp)
         try:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ._core import Case, Field, Metric, Mode, Rows, Target, ratio_target
 from ._measure import forked, median, per_op_ns, workdir
 from ._sync_peers import NOTES, PEERS
+from .sync_uncontended_bench import PURE_VARIANT, select_path
 
 if TYPE_CHECKING:
     from ._sync_peers import Context
@@ -17,7 +18,10 @@ NAME = "try_held"
 
 def cases(mode: Mode) -> list[Case]:
     params = {"batch_seconds": mode.batch_seconds, "batches": mode.batches}
-    return [Case(NAME, peer, "", params) for peer in PEERS]
+    # aplock on its compiled fast path (the default, where it is built), and once more
+    # on its pure-Python path (APLOCK_PURE=1), side by side.
+    pure = Case(NAME, "aplock", PURE_VARIANT, {**params, "pure": True})
+    return [*(Case(NAME, peer, "", params) for peer in PEERS), pure]
 
 
 def _hold(peer_key: str, ctx: Context, ready: int, done: int) -> None:
@@ -32,6 +36,7 @@ def _hold(peer_key: str, ctx: Context, ready: int, done: int) -> None:
 
 def measure(case: Case, tag: str) -> dict[str, float]:
     peer = PEERS[case.peer]
+    select_path(case)
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     with workdir(tag) as tmp:

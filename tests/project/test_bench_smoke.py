@@ -87,7 +87,7 @@ def test_records_the_machine_and_versions(smoke_run: dict[str, Any]) -> None:
 
 def test_aplock_loses_no_update_and_leaks_nothing(smoke_run: dict[str, Any]) -> None:
     contended = _aplock_values(smoke_run, "contended")
-    assert len(contended) == 3
+    assert len(contended) == 4  # N = 2, 4, 8 and, on the pure path, N = 8
     assert all(v["lost_updates"] == 0 and v["acquisitions"] > 0 for v in contended)
     cancellation = _aplock_values(smoke_run, "cancellation")
     assert len(cancellation) == 3
