@@ -9,6 +9,8 @@
 - ``lock``: the ``Core`` of a lock (``aplock._core``): one object's use of a handle.
 - ``handover``: a lock or a permit handed to a new acquisition of this process without
   being freed (the async gates' in-loop handoff).
+- ``fastpath``: ``FastHandle``, whose hot steps are the C calls of ``_fast`` (optional,
+  built where a compiler exists; ``APLOCK_PURE=1`` selects the pure-Python path).
 - ``slots``: the layout of a semaphore's record (its slot table of owned permits).
 - ``semaphore``: a semaphore's handle, its protocol and its ``Core``.
 
