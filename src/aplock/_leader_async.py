@@ -10,7 +10,8 @@ the module docstring of ``aplock.leader``; this is its async driver:
   lock's core (no ``AbandonedLockWarning``; the takeover is logged and in the term), and
   that wait ends within a slice of a cancellation without leaking the lock;
 - a term is a task group: the job in a cancel scope of its own, and, for a remote lock,
-  a task that confirms it every ``check_interval`` and a timer for its lease. A loss
+  a task that confirms it every ``check_interval`` (and at once when the server hangs up
+  on the lock's session: ``aplock._leader_watch``) and a timer for its lease. A loss
   cancels the job's scope at once; the lock is given back after the group has exited,
   so only once the job has ended.
 """
@@ -43,6 +44,7 @@ from ._leader_term import (
     log_elected,
     settle,
 )
+from ._leader_watch import Hangup
 from .errors import LockError
 from .sync import Lock
 
@@ -56,6 +58,9 @@ if TYPE_CHECKING:
 __all__ = ["AsyncLeadership", "SupportsAsyncLeaderLock"]
 
 logger = logging.getLogger("aplock")
+
+#: Whether AnyIO can wait for a file descriptor (4.7 and later): for ``Hangup``.
+_CAN_WAIT_FOR_HANGUPS = hasattr(anyio, "wait_readable") and hasattr(anyio, "notify_closing")
 
 
 class SupportsAsyncLeaderLock(Protocol):
@@ -407,8 +412,9 @@ class AsyncLeadership:
 
     async def _confirm(self, state: _Term) -> None:
         assert self._check is not None
+        hangups = _CAN_WAIT_FOR_HANGUPS and Hangup.possible(self._lock)
         while True:
-            await anyio.sleep(self._interval)
+            hung_up = await self._pause(hangups)
             started = time.monotonic()
             try:
                 result = self._check()
@@ -422,6 +428,24 @@ class AsyncLeadership:
                 state.unconfirmed = why
             else:
                 state.confirmed_at = started
+            if hung_up:  # and not lost: the timer only from now on (see Watcher)
+                hangups = False
+
+    async def _pause(self, hangups: bool) -> bool:
+        """Sleep ``check_interval``, or less if the server hangs up on the lock's session
+        (see ``aplock._leader_watch``); return whether it hung up."""
+        hangup = Hangup.watch(self._lock) if hangups else None
+        if hangup is None:
+            await anyio.sleep(self._interval)
+            return False
+        fileno = hangup.fileno()
+        try:
+            with anyio.move_on_after(self._interval):
+                await anyio.wait_readable(fileno)
+            return hangup.hung_up()
+        finally:
+            anyio.notify_closing(fileno)
+            hangup.close()
 
     async def _lease_timer(self, state: _Term) -> None:
         limit = lease(self._interval)

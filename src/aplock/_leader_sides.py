@@ -12,6 +12,8 @@ Two kinds of lock, two sides:
   ``check()`` can be lost by a live holder (a PostgreSQL session ends, its process does
   not): it is *remote*, confirmed with ``check()`` and given a settle time (see
   ``aplock.leader``). Its fencing token is its ``acquisition.generation`` if it has one.
+  A lock that shows its session's socket (``PgLock``'s ``_session_socket()``) is also
+  watched for the server hanging up (``aplock._leader_watch``), which is checked at once.
 
 ``LeaderFile`` is the small file, beside a POSIX lock's objects, that says which process
 leads through that lock and since when, for ``aplock list``.

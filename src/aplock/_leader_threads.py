@@ -3,7 +3,8 @@
 Exported as ``aplock.leader.Leadership`` and ``aplock.Leadership``. One daemon thread
 per leadership campaigns and supervises each term; the job runs in a thread of its own
 (and is told, through ``term.ended``, when its term ends); for a remote lock a third
-thread confirms the lock every ``check_interval``, so that a check that hangs cannot
+thread confirms the lock every ``check_interval``, and at once when the server hangs up
+on the lock's session (``aplock._leader_watch``), so that a check that hangs cannot
 keep the supervisor from counting the lease. These threads block the asynchronous
 signals, which therefore go to the main thread, where Python handles them. It stops at
 interpreter exit (``atexit``) and forgets itself in a forked child.
@@ -32,11 +33,11 @@ from ._leader_term import (
     Raised,
     check_job,
     check_timings,
-    lease,
     log_elected,
     logger,
     settle,
 )
+from ._leader_watch import Watcher
 from .errors import LockError
 from .sync import Lock
 
@@ -307,7 +308,11 @@ class Leadership:
 
     def _lead(self, won: Won) -> Raised | str:
         """Hold one term: settle, run the job, watch the lock; give it back at the end."""
-        watcher = _Watcher(self, self._other) if self._remote and self._other else None
+        watcher = (
+            Watcher(self._other, self._wake, self._interval)
+            if self._remote and self._other
+            else None
+        )
         term: LeaderTerm | None = None
         job_thread: threading.Thread | None = None
         outcome: Raised | str = "stopped"
@@ -343,13 +348,13 @@ class Leadership:
                 _join_job(job_thread, self.name)
                 self._job_thread = None
             if watcher is not None:
-                watcher.over.set()
+                watcher.stop()
                 watcher.join()
             self._give_back(lost=lost, wrote_file=self._term is not None)
             self._term = None
         return outcome
 
-    def _settle(self, watcher: _Watcher) -> str | None:
+    def _settle(self, watcher: Watcher) -> str | None:
         end = time.monotonic() + settle(self._interval)
         while (left := end - time.monotonic()) > 0 and not self._stop.is_set():
             lost = watcher.verdict()
@@ -360,7 +365,7 @@ class Leadership:
         return watcher.verdict()
 
     def _watch(
-        self, won: Won, watcher: _Watcher | None, box: _JobOutcome
+        self, won: Won, watcher: Watcher | None, box: _JobOutcome
     ) -> tuple[Raised | str, str | None]:
         said_returned = False
         while True:
@@ -411,47 +416,6 @@ class Leadership:
     def _forget(self) -> None:
         """In a forked child: it runs nothing and holds nothing of the parent's."""
         self._fresh()
-
-
-class _Watcher(threading.Thread):
-    """Confirms a remote lock every ``check_interval`` during a term (a check can hang)."""
-
-    def __init__(self, leadership: Leadership, side: SyncSide) -> None:
-        super().__init__(name=f"aplock leader check {side.name}", daemon=True)
-        self._side = side
-        self._wake = leadership._wake
-        self._interval = leadership._interval
-        self._lease = lease(leadership._interval)
-        self.over = threading.Event()
-        self.confirmed_at = time.monotonic()  # the acquisition just confirmed it
-        self.lost: str | None = None
-        self.failure: str | None = None
-
-    def run(self) -> None:
-        while not self.over.wait(self._interval):
-            started = time.monotonic()
-            why = self._side.confirm()
-            if why is None:
-                self.confirmed_at = started
-            elif why.startswith("lost: "):
-                self.lost = why.removeprefix("lost: ")
-                self._wake.set()
-                return
-            else:
-                self.failure = why
-
-    def verdict(self) -> str | None:
-        """Why the lock counts as lost now, or ``None``."""
-        if self.lost is not None:
-            return self.lost
-        unconfirmed = time.monotonic() - self.confirmed_at
-        if unconfirmed > self._lease:
-            return f"not confirmed for {unconfirmed:.3g} s ({self.failure or 'no answer'})"
-        return None
-
-    def next_wait(self) -> float:
-        """How long the leader may sleep before it must look at the verdict again."""
-        return max(min(self._interval, self.confirmed_at + self._lease - time.monotonic()), 0.001)
 
 
 def _check_sync_lock(lock: object) -> None:

@@ -18,8 +18,10 @@ How it behaves, and why:
 - **Exactly one job.** The job runs only while the lock is held, and the lock is given
   back only after the job has ended. The leader confirms the lock every
   ``check_interval`` seconds (an aplock lock: a read of its record; a lock with a
-  ``check()`` method, such as ``PgLock``: one round trip). Once it is lost, the job is
-  cancelled at once (a sync job is told through ``term.ended``).
+  ``check()`` method, such as ``PgLock``: one round trip), and, for a PostgreSQL lock on
+  Linux, at once when the server hangs up on its session (``pg_terminate_backend``).
+  Once it is lost, the job is cancelled at once (a sync job is told through
+  ``term.ended``).
 - **Locks that a live holder can lose** (those with ``check()``: a PostgreSQL session
   can end while its process lives) are *remote*: the leader counts the lock lost when
   no check has confirmed it for ``3 * check_interval`` (its lease: a check that hangs),

@@ -40,6 +40,7 @@ if _typing.TYPE_CHECKING:
         def closed(self) -> bool: ...
         @property
         def acquisition(self) -> Acquisition | None: ...
+        def session_socket(self) -> int | None: ...
 
 
 __all__ = [
@@ -97,6 +98,16 @@ class _Facade:
         primary assigns them: on a standby, ``acquire()`` raises ``LockUnavailableError``.
         """
         return self._backend.acquisition
+
+    def _session_socket(self) -> int | None:
+        """The file descriptor of the socket of the session that holds the lock for this
+        object, or ``None`` (no I/O).
+
+        For ``aplock.leader``, which waits for the server to hang up on it, so that a
+        terminated session is noticed at once. The descriptor stays the connection's:
+        never read from it or close it.
+        """
+        return self._backend.session_socket()
 
     def __repr__(self) -> str:
         if self.closed:

@@ -6,16 +6,23 @@ still alive. Its job must be cancelled before the new leader's first heartbeat, 
 the journal shows (every term ended before the next started), and each term's fencing
 token is greater than the one before. A SIGKILLed leader's session ends with it; a
 graceful stop hands over after the settle time.
+
+In one process: a term's token is the lock's acquisition generation, and a terminated
+session ends the term at once (the server hangs up), long before the check interval.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
+import psycopg
 import pytest
 
+from aplock import _leader_async, _leader_threads, _leader_watch
 from aplock.leader import AsyncLeadership, Leadership, LeaderTerm, settle
 from aplock.postgres import AsyncPgLock, PgLock, advisory_key
 from tests.support import leader_journal
@@ -162,3 +169,133 @@ async def test_an_async_pglock_term_carries_the_acquisition_generation(
     await lock.aclose()
     assert len(tokens) == 2
     assert tokens[0] < tokens[1]
+
+
+# ---- a terminated session is noticed at once, not at the next check -------------------
+
+#: A check interval far longer than the tests wait: only a hang-up can stop the job in time.
+LONG_INTERVAL = 60.0
+
+
+@pytest.fixture
+def no_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new leader starts its job at once: the settle time of ``LONG_INTERVAL`` would
+    be minutes, and what comes before the job is not what these tests are about."""
+    monkeypatch.setattr(_leader_threads, "settle", lambda interval: 0.0)
+    monkeypatch.setattr(_leader_async, "settle", lambda interval: 0.0)
+
+
+def test_a_terminated_session_ends_a_threads_term_at_once(
+    pg: tuple[str, Any], dsn: str, no_settle: None
+) -> None:
+    name, admin = pg
+    lock = PgLock(name, dsn)
+    started, ended = threading.Event(), threading.Event()
+
+    def job(term: LeaderTerm) -> None:
+        started.set()
+        term.wait()
+        ended.set()
+
+    with Leadership(lock, job, check_interval=LONG_INTERVAL) as leadership:
+        assert started.wait(10)
+        time.sleep(0.2)  # the watcher is waiting by now
+        (pid,), _ = key_holders(admin, lock.key)
+        sent = time.monotonic()
+        terminate(admin, pid)
+        assert ended.wait(10), "the job was not told that its term ended"
+        took = time.monotonic() - sent
+        started.clear()
+        assert started.wait(10)  # it leads again, on a new session
+        assert leadership.leading
+    lock.close()
+    assert took < 2.0, took
+
+
+@pytest.mark.anyio
+async def test_a_terminated_session_cancels_an_async_job_at_once(
+    pg: tuple[str, Any], dsn: str, no_settle: None
+) -> None:
+    name, admin = pg
+    lock = AsyncPgLock(name, dsn)
+    started = anyio.Event()
+    cancelled: list[float] = []
+
+    async def job(term: LeaderTerm) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.append(time.monotonic())
+
+    async with AsyncLeadership(lock, job, check_interval=LONG_INTERVAL):
+        with anyio.fail_after(10):
+            await started.wait()
+        await anyio.sleep(0.2)  # the confirming task is waiting by now
+        (pid,), _ = key_holders(admin, lock.key)
+        sent = time.monotonic()
+        await anyio.to_thread.run_sync(terminate, admin, pid)
+        with anyio.fail_after(10):
+            while not cancelled:
+                await anyio.sleep(0.005)
+    await lock.aclose()
+    assert cancelled[0] - sent < 2.0, cancelled[0] - sent
+
+
+class _CountedPgLock(PgLock):
+    checks = 0
+
+    def check(self) -> None:
+        type(self).checks += 1
+        super().check()
+
+
+def test_traffic_on_the_session_is_no_hang_up(
+    pg: tuple[str, Any], dsn: str, no_settle: None
+) -> None:
+    """Results and notifications arriving on the lock's (shared) connection do not wake
+    the watcher: it never checks before the interval, and the leader stays leader."""
+    name, admin = pg
+    started, ended = threading.Event(), threading.Event()
+
+    def job(term: LeaderTerm) -> None:
+        started.set()
+        term.wait()
+        ended.set()
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("LISTEN aplock_test")
+        lock = _CountedPgLock(name, conn)
+        with Leadership(lock, job, check_interval=LONG_INTERVAL) as leadership:
+            assert started.wait(10)
+            for _ in range(20):
+                admin.execute("NOTIFY aplock_test, 'x'")
+                conn.execute("SELECT pg_sleep(0.01)")
+            time.sleep(0.2)
+            assert leadership.leading
+            assert not ended.is_set()
+            assert _CountedPgLock.checks == 0
+        lock.close()
+    assert ended.is_set()
+
+
+def test_where_hang_ups_cannot_be_watched_the_checks_still_notice(
+    pg: tuple[str, Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback of platforms without ``EPOLLRDHUP``: the check every interval."""
+    monkeypatch.setattr(_leader_watch, "_RDHUP", None)
+    name, admin = pg
+    lock = PgLock(name, dsn)
+    started, ended = threading.Event(), threading.Event()
+
+    def job(term: LeaderTerm) -> None:
+        started.set()
+        term.wait()
+        ended.set()
+
+    with Leadership(lock, job, check_interval=0.1):
+        assert started.wait(10)
+        (pid,), _ = key_holders(admin, lock.key)
+        terminate(admin, pid)
+        assert ended.wait(10)
+    lock.close()

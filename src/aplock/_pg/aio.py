@@ -40,7 +40,7 @@ from aplock._deadline import Deadline
 from aplock.errors import LockClosedError, LockError, LockNotHeldError
 
 from . import steps
-from .protocol import AdvisoryLock, Held, acquisition_of
+from .protocol import AdvisoryLock, Held, acquisition_of, session_socket
 from .sources import Dedicated, Gates, Source, async_source
 from .steps import CANCEL_TIMEOUT, AsyncConnection, Cancel, Connection, Step, Steps, one_row
 from .sync import Backend, request_cancel
@@ -179,6 +179,10 @@ class _Native:
         """The generation of the acquisition held (``None`` if none)."""
         return acquisition_of(self._held)
 
+    def session_socket(self) -> int | None:
+        """The socket of the session that holds the lock (``None`` if none)."""
+        return session_socket(self._held)
+
     async def take(self, deadline: Deadline) -> bool:
         """Take the lock by *deadline*; on cancellation leave nothing held and re-raise."""
         self._held = await run(self._protocol.take(deadline, Cancel()))
@@ -213,6 +217,10 @@ class _Threaded:
     def acquisition(self) -> Acquisition | None:
         """As ``_Native.acquisition``: the backend's."""
         return self.backend.acquisition
+
+    def session_socket(self) -> int | None:
+        """As ``_Native.session_socket``: the backend's."""
+        return self.backend.session_socket()
 
     async def _in_thread(self, func: Callable[..., _T], *args: Any) -> _T:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
@@ -423,6 +431,13 @@ class AsyncBackend:
         if not self.held or binding is None:
             return None
         return binding.driver.acquisition
+
+    def session_socket(self) -> int | None:
+        """The socket of the session that holds the lock for this object (``None`` if none)."""
+        binding = self._binding
+        if not self.held or binding is None:
+            return None
+        return binding.driver.session_socket()
 
     def locked(self) -> bool:
         """Whether this object holds the lock, or is acquiring or releasing it."""

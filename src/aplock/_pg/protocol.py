@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .sources import Source
     from .steps import Cancel, Flow
 
-__all__ = ["CLEANUP_TRIES", "AdvisoryLock", "Held", "acquisition_of"]
+__all__ = ["CLEANUP_TRIES", "AdvisoryLock", "Held", "acquisition_of", "session_socket"]
 
 logger = logging.getLogger("aplock.postgres")
 
@@ -78,6 +78,17 @@ class Held(Generic[C]):
 def acquisition_of(held: Held[C] | None) -> Acquisition | None:
     """What ``acquisition`` says of a lock object that holds *held* (or nothing)."""
     return None if held is None else Acquisition(held.generation, None)
+
+
+def session_socket(held: Held[C] | None) -> int | None:
+    """The file descriptor of the socket of the session that holds the lock, or ``None``
+    (nothing held, or the connection closed). No I/O; the descriptor is the connection's."""
+    if held is None:
+        return None
+    try:
+        return None if held.conn.closed else held.conn.pgconn.socket
+    except psycopg.Error:  # the connection is gone: the next check tells
+        return None
 
 
 class AdvisoryLock(Generic[C]):

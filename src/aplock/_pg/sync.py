@@ -21,7 +21,7 @@ from psycopg.rows import tuple_row
 from aplock.errors import LockClosedError, LockError, LockNotHeldError, LockUnavailableError
 
 from . import steps
-from .protocol import AdvisoryLock, Held, acquisition_of
+from .protocol import AdvisoryLock, Held, acquisition_of, session_socket
 from .sources import Dedicated, Gates, sync_source
 from .steps import CANCEL_TIMEOUT, Cancel, Connection, Step, Steps, one_row
 from .translate import NOT_HELD
@@ -180,6 +180,10 @@ class Backend:
     def acquisition(self) -> Acquisition | None:
         """The generation of the acquisition this object holds (``None`` if none)."""
         return acquisition_of(self._held)
+
+    def session_socket(self) -> int | None:
+        """The socket of the session that holds the lock (see ``protocol.session_socket``)."""
+        return session_socket(self._held)
 
     def acquire(self, deadline: Deadline, cancel: Cancel[Connection] | None = None) -> bool:
         """Take the lock by *deadline*; *cancel*, if given, can stop it from another thread."""
