@@ -36,6 +36,7 @@ from ._leader_term import (
     CHECK_INTERVAL,
     MAX_RETRY_DELAY,
     RETRY_DELAY,
+    Campaign,
     LeaderTerm,
     Raised,
     check_job,
@@ -125,7 +126,7 @@ class _Handover:
         return self.abandoned
 
 
-class AsyncLeadership:
+class AsyncLeadership(Campaign):
     """Run a job in exactly one process among those that share a lock, for async code.
 
     Made for the ``lifespan`` of an ASGI app, which every worker runs::
@@ -195,27 +196,6 @@ class AsyncLeadership:
         self._scope: anyio.CancelScope | None = None
         self._finished: anyio.Event | None = None
         self._limiter: anyio.CapacityLimiter | None = None
-
-    @property
-    def lock(self) -> object:
-        """The lock campaigned for (the ``AsyncLock`` opened for a name, or the one given)."""
-        return self._lock
-
-    @property
-    def name(self) -> str:
-        """The lock's name."""
-        return self._name
-
-    @property
-    def term(self) -> LeaderTerm | None:
-        """This process's current term (``None`` while it does not lead)."""
-        term = self._term
-        return None if term is None or term.ended else term
-
-    @property
-    def leading(self) -> bool:
-        """Whether this process leads now (its job runs, or ran and returned)."""
-        return self.term is not None
 
     @property
     def running(self) -> bool:

@@ -17,6 +17,7 @@ __all__ = [
     "EXIT_TIMEOUT",
     "MAX_RETRY_DELAY",
     "RETRY_DELAY",
+    "Campaign",
     "LeaderTerm",
     "Raised",
     "check_job",
@@ -139,3 +140,32 @@ def log_elected(term: LeaderTerm) -> None:
         )
     else:
         logger.info("lock %r: pid %d leads now; token %s", term.name, term.pid, term.token)
+
+
+class Campaign:
+    """What both leadership helpers show: the lock, its name, this process's term."""
+
+    _lock: object
+    _name: str
+    _term: LeaderTerm | None
+
+    @property
+    def lock(self) -> object:
+        """The lock campaigned for (the aplock lock opened for a name, or the one given)."""
+        return self._lock
+
+    @property
+    def name(self) -> str:
+        """The lock's name."""
+        return self._name
+
+    @property
+    def term(self) -> LeaderTerm | None:
+        """This process's current term (``None`` while it does not lead)."""
+        term = self._term
+        return None if term is None or term.ended else term
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process leads now (its job runs, or ran and returned)."""
+        return self.term is not None

@@ -29,6 +29,7 @@ from ._leader_term import (
     EXIT_TIMEOUT,
     MAX_RETRY_DELAY,
     RETRY_DELAY,
+    Campaign,
     LeaderTerm,
     Raised,
     check_job,
@@ -59,7 +60,7 @@ class _JobOutcome:
     failure: BaseException | None = None
 
 
-class Leadership:
+class Leadership(Campaign):
     """Run a job in exactly one process among those that share a lock, in threads.
 
     For sync frameworks (Flask, Django under gunicorn, scripts): ``start()`` returns at
@@ -130,27 +131,6 @@ class Leadership:
         self._done = threading.Event()
         self._job_thread: threading.Thread | None = None
         self._term: LeaderTerm | None = None
-
-    @property
-    def lock(self) -> object:
-        """The lock campaigned for (the ``aplock.Lock`` opened for a name, or the one given)."""
-        return self._lock
-
-    @property
-    def name(self) -> str:
-        """The lock's name."""
-        return self._name
-
-    @property
-    def term(self) -> LeaderTerm | None:
-        """This process's current term (``None`` while it does not lead)."""
-        term = self._term
-        return None if term is None or term.ended else term
-
-    @property
-    def leading(self) -> bool:
-        """Whether this process leads now (its job runs, or ran and returned)."""
-        return self.term is not None
 
     @property
     def running(self) -> bool:
