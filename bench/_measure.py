@@ -105,6 +105,38 @@ def join_all(procs: Sequence[multiprocessing.process.BaseProcess], timeout: floa
         raise RuntimeError(f"helper process(es) failed with exit codes {failed}")
 
 
+def race(
+    target: Callable[..., object],
+    head: tuple[Any, ...],
+    n: int,
+    words: memoryview,
+    stop_word: int,
+    duration: float,
+    slack: float,
+) -> float:
+    """Run *n* forked ``target(*head, i, ready, go, words)`` for *duration*; the seconds run.
+
+    Each child writes a byte to ``ready`` once set up and reads one from ``go`` to start;
+    they run until ``words[stop_word]`` (a ``perf_counter_ns`` deadline) and must exit
+    within *slack* seconds after it.
+    """
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    try:
+        args = [(*head, i, ready_w, go_r, words) for i in range(n)]
+        with forked(target, args) as procs:
+            for _ in range(n):
+                os.read(ready_r, 1)
+            start = time.perf_counter_ns()
+            words[stop_word] = start + int(duration * 1e9)
+            os.write(go_w, b"g" * n)
+            join_all(procs, timeout=duration + slack)
+        return (words[stop_word] - start) / 1e9
+    finally:
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+
+
 def shared_words(count: int) -> tuple[mmap.mmap, memoryview]:
     """Anonymous shared memory of *count* 64-bit words, inherited across fork."""
     mm = mmap.mmap(-1, 8 * count)

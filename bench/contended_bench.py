@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ._core import Case, Field, Metric, Mode, Rows, Target, ratio_target, value_target
-from ._measure import forked, join_all, shared_words, workdir
+from ._measure import race, shared_words, workdir
 from ._sync_peers import NOTES, PEERS
 from .sync_uncontended_bench import PURE_VARIANT, select_path
 
@@ -58,27 +58,15 @@ def measure(case: Case, tag: str) -> dict[str, float]:
     select_path(case)
     n = int(case.params["processes"])
     duration = float(case.params["duration"])
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
     mm, words = shared_words(OPS + n)
     with workdir(tag) as tmp:
         ctx = peer.prepare(tag, tmp)
         try:
-            args = [(case.peer, ctx, i, ready_w, go_r, words) for i in range(n)]
-            with forked(_contend, args) as procs:
-                for _ in range(n):
-                    os.read(ready_r, 1)
-                start = time.perf_counter_ns()
-                words[STOP] = start + int(duration * 1e9)
-                os.write(go_w, b"g" * n)
-                join_all(procs, timeout=duration + 60)
-            elapsed = (words[STOP] - start) / 1e9
+            elapsed = race(_contend, (case.peer, ctx), n, words, STOP, duration, slack=60)
             ops = [words[OPS + i] for i in range(n)]
             counter = words[COUNTER]
         finally:
             peer.cleanup(ctx)
-            for fd in (ready_r, ready_w, go_r, go_w):
-                os.close(fd)
             words.release()
             mm.close()
     total = sum(ops)

@@ -35,7 +35,7 @@ import posix_ipc
 import aplock
 
 from ._core import Case, Field, Metric, Mode, Rows, Target, value_target
-from ._measure import forked, join_all, median, per_op_ns, shared_words, workdir
+from ._measure import median, per_op_ns, race, shared_words, workdir
 
 NAME = "semaphore"
 VALUE = 3
@@ -191,24 +191,12 @@ def _contend(peer_key: str, ctx: Any, me: int, ready: int, go: int, words: memor
 
 def _contended(peer: SemPeer, ctx: Any, params: dict[str, Any]) -> dict[str, float]:
     duration = float(params["duration"])
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
     mm, words = shared_words(FLAGS + PROCESSES)
     try:
-        args = [(peer.key, ctx, i, ready_w, go_r, words) for i in range(PROCESSES)]
-        with forked(_contend, args) as procs:
-            for _ in range(PROCESSES):
-                os.read(ready_r, 1)
-            start = time.perf_counter_ns()
-            words[STOP] = start + int(duration * 1e9)
-            os.write(go_w, b"g" * PROCESSES)
-            join_all(procs, timeout=duration + 120)
-        elapsed = (words[STOP] - start) / 1e9
+        elapsed = race(_contend, (peer.key, ctx), PROCESSES, words, STOP, duration, slack=120)
         ops = [words[OPS + i] for i in range(PROCESSES)]
         top = max(words[TOP + i] for i in range(PROCESSES))
     finally:
-        for fd in (ready_r, ready_w, go_r, go_w):
-            os.close(fd)
         words.release()
         mm.close()
     total = sum(ops)
