@@ -219,7 +219,9 @@ _SHARED = re.compile(
     r"|\b(sl_pid|sl_dead|sl_gen|m_extra|m_gen|S)\b"
 )
 _STEP = re.compile(r"^\s*(\d+):\s+proc\s+(\d+) \((\w+):\d+\) (\S+?):(\d+) .*?\[(.*)\]\s*$")
-_REF = re.compile(r"/\*\s*((?:_handle|_process|sync|_posix|_posix/\w+)\.py:\d+ [\w.]+: .*?)\s*\*/")
+_REF = re.compile(
+    r"/\*\s*((?:_handle|_process|sync|_gate|_posix|_posix/\w+)\.py:\d+ [\w.]+: .*?)\s*\*/"
+)
 
 
 def _refs_by_line(work: Path) -> dict[str, dict[int, str]]:
@@ -313,11 +315,23 @@ def _squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
+def _mirrors_table(pml: str) -> list[list[str]]:
+    table = "SEMAPHORE_MIRRORS" if pml.startswith("semaphore") else "MIRRORS"
+    lines = (MODEL / table).read_text().splitlines()
+    return [line.split() for line in lines if line.strip() and not line.startswith("#")]
+
+
 def mirrored_commit(pml: str = MAIN) -> str:
     """The commit whose code a model file mirrors: model/SEMAPHORE_MIRRORS for the
-    semaphore's (semaphore*.pml), model/MIRRORS for the lock's."""
-    table = "SEMAPHORE_MIRRORS" if pml.startswith("semaphore") else "MIRRORS"
-    return (MODEL / table).read_text().split()[0]
+    semaphore's (semaphore*.pml), model/MIRRORS for the lock's (their first line)."""
+    return _mirrors_table(pml)[0][0]
+
+
+def mirrored_later(pml: str = MAIN) -> dict[str, str]:
+    """Source files whose steps a model file mirrors at a later commit: file -> commit
+    (the other lines of its MIRRORS table, ``FILE COMMIT``: steps added since, such as
+    the in-loop handover, mirror the commit that brought them)."""
+    return {row[0]: row[1] for row in _mirrors_table(pml)[1:]}
 
 
 def sources_at(rev: str, into: Path) -> Path:
@@ -341,11 +355,15 @@ def sources_at(rev: str, into: Path) -> Path:
     return into
 
 
-def stale_refs(sources: Path = SOURCES, pmls: list[Path] | None = None) -> list[str]:
+def stale_refs(
+    sources: Path = SOURCES, pmls: list[Path] | None = None, later: dict[str, Path] | None = None
+) -> list[str]:
     """The code references of the model files *pmls* (all of them by default) whose code
-    is no longer in the named function."""
+    is no longer in the named function (in *sources*, or for a file of *later*, in the
+    sources it names)."""
     problems: list[str] = []
     cache: dict[str, dict[str, str]] = {}
+    later = later or {}
     for pml in pmls if pmls is not None else sorted(MODEL.glob("*.pml")):
         for number, text in enumerate(pml.read_text().splitlines(), start=1):
             for ref in _REF.finditer(text):
@@ -353,7 +371,8 @@ def stale_refs(sources: Path = SOURCES, pmls: list[Path] | None = None) -> list[
                 file_line, qualname = where.split(" ")
                 file = file_line.split(":")[0]
                 if file not in cache:
-                    cache[file] = _functions(sources / file) if (sources / file).exists() else {}
+                    src = later.get(file, sources)
+                    cache[file] = _functions(src / file) if (src / file).exists() else {}
                 body = cache[file].get(qualname)
                 code = code.split("  #")[0]
                 if body is None:
@@ -404,19 +423,26 @@ def run_mutants(
 def run_refs(at: str | None) -> int:
     """Print the stale code references (against src/aplock, or commit *at*)."""
     if at:
-        by_rev: dict[str, list[Path]] = {}
+        plan: list[tuple[Path, str, dict[str, str]]] = []
         for pml in sorted(MODEL.glob("*.pml")):
-            rev = mirrored_commit(pml.name) if at == "mirrored" else at
-            by_rev.setdefault(rev, []).append(pml)
+            if at == "mirrored":
+                plan.append((pml, mirrored_commit(pml.name), mirrored_later(pml.name)))
+            else:
+                plan.append((pml, at, {}))
+        revs = list(dict.fromkeys(r for _, rev, later in plan for r in (rev, *later.values())))
         problems = []
-        for rev, pmls in by_rev.items():
-            with tempfile.TemporaryDirectory(prefix="aplock-model-src-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="aplock-model-src-") as scratch:
+            trees: dict[str, Path] = {}
+            for number, rev in enumerate(revs):
                 try:
-                    problems += stale_refs(sources_at(rev, Path(scratch)), pmls)
+                    trees[rev] = sources_at(rev, Path(scratch) / str(number))
                 except subprocess.CalledProcessError as exc:
                     print(f"cannot read commit {rev}: {exc.stderr.strip()}", file=sys.stderr)
                     return 2
-        where = "commit " + ", ".join(rev[:12] for rev in by_rev)
+            for pml, rev, later in plan:
+                files = {file: trees[r] for file, r in later.items()}
+                problems += stale_refs(trees[rev], [pml], files)
+        where = "commit " + ", ".join(rev[:12] for rev in revs)
     else:
         problems, where = stale_refs(), "src/aplock"
     for problem in problems:
