@@ -149,3 +149,27 @@
 #else
 #define HOLDER_PID_CLEARED(p)      false
 #endif
+
+/* ---- the in-loop handover (_posix/handover.py hand_over_lock) -------------------- */
+
+/* _posix/handover.py:54 hand_over_lock: only an acquisition that R records as this
+ * process's is handed over; any other is released as usual (guarded, if need be).
+ * Mutant: the key is not compared, so a task's release of another process's
+ * acquisition (any process may release) keeps the lock for this process, unguarded. */
+#ifdef MUT_HANDOVER_NO_KEY
+#define HANDOVER_KEY_IS_MINE       true
+#else
+#define HANDOVER_KEY_IS_MINE       (r_key == key[me])
+#endif
+
+/* _posix/handover.py:60 hand_over_lock: the token is taken before the record is
+ * rewritten, and posted after. Mutant: it is not taken (the record rewritten under a
+ * posted token, then posted again). The ghost ends the acquisition at the trywait, as
+ * in the own release; the handover ends only its own process's (HANDOVER_OWN). */
+#ifdef MUT_HANDOVER_NO_TOKEN
+#define HANDOVER_TAKE(ok)   if DIE :: atomic { ok = true; OWN_RELEASE_OF(rg); HANDOVER_OWN; END_ACQ } fi
+#else
+#define HANDOVER_TAKE(ok)   if DIE :: atomic { H > 0 -> H--; ok = true; OWN_RELEASE_OF(rg); \
+                                               HANDOVER_OWN; END_ACQ } \
+                               :: atomic { H == 0 -> ok = false } fi
+#endif

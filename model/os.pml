@@ -117,6 +117,10 @@ bool g_gwait[NP];           /* blocked in flock(LOCK_EX) on the guard */
 /* The own-release path frees the acquisition whose key it saw (generation gn), not a
  * later one: racing releasers of one acquisition, exactly one succeeds. */
 #define OWN_RELEASE_OF(gn) RACE(g_gen == gn)
+/* The handover (hand_over_lock) ends only its own process's acquisition: the one it
+ * begins next is that process's, so a token taken from another holder's acquisition
+ * leaves two holders (that one, and this process once it posts H again). */
+#define HANDOVER_OWN    EXCL(g_owner == me)
 /* A release that finds no token (LockNotHeldError) must find no acquisition. */
 #define NOT_HELD        RACE(g_owner == NONE)
 

@@ -39,7 +39,7 @@
 #define PROTOCOL_LOCALS \
 	bool took; bool same; bool gotg; bool dead; bool fast; bool ok; bool acq; \
 	bool done; bool intr; bool got; bool block; bool settled; bool posted; bool may; \
-	bool hd; bool need; \
+	bool hd; bool need; bool hv; \
 	byte before; byte g; byte cur; byte o; byte res; byte q; byte rg; byte ik; byte ip; byte ig; \
 	byte s_gen; short s_pid; byte s_start; byte s_ns; byte s_key; byte s_slot; \
 	bool su_valid; byte su_gen; short su_pid; byte su_start; byte su_ns; byte su_key; \
@@ -570,6 +570,60 @@ inline hand_off() {
 	fi;
 	ok = took;
 	GUARD_OUT
+}
+
+/* ---- _posix/handover.py: the in-loop handover ------------------------------------ */
+
+/* hand_over_lock(h): this process's acquisition ends and the next one of this process
+ * begins (the next generation, this process's identity), L kept taken. took is whether
+ * it did; false (R.key not ours, or H busy) and the caller releases as usual. rg: ghost,
+ * the acquisition whose key it saw. Reached through LockCore.hand_over (_posix/lock.py),
+ * called by the gate's release (gate_release below). */
+inline hand_over_lock() {
+	/* _posix/handover.py:54 hand_over_lock: if words[_KEY_WORD] != h.me_key: */
+	ST(fast = HANDOVER_KEY_IS_MINE; rg = r_gen);
+	took = false;
+	if
+	:: fast ->
+		/* _posix/handover.py:60 hand_over_lock: token.acquire(0) */
+		HANDOVER_TAKE(took);   /* H == 0: _posix/handover.py:61 hand_over_lock: except _BusyError: */
+		if
+		:: took ->
+			/* _posix/handover.py:66 hand_over_lock: words[_GEN_WORD] + 1 */
+			ST(g = r_gen);
+			/* _posix/handover.py:66 hand_over_lock: _FAST_HOLD.pack_into(mm, _HOLD_AT, words[_GEN_WORD] + 1, now, me_words) */
+			ST(r_gen = g + 1; WRITE_ME);
+			/* _posix/handover.py:68 hand_over_lock: token.release() */
+			ST(POST_H; BEGIN_ACQ);
+			intr = false;
+			if
+			:: SIG -> intr = true   /* a handler raised in it: the finally wrote and posted */
+			:: true -> skip
+			fi
+		:: else -> skip
+		fi
+	:: else -> skip
+	fi
+}
+
+/* _gate.release(core) with two tasks of this loop waiting and the bound not reached:
+ * the handover (hv: this process holds the next acquisition), or else a real release.
+ * ok = false is LockNotHeldError. */
+inline gate_release() {
+	hv = false;
+	/* _gate.py:174 release: if len(gate.waiters) > 1 and core.hand_over(): */
+	hand_over_lock();
+	if
+	:: took && !intr -> ok = true; hv = true
+	:: took && intr ->
+		/* _gate.py:175 release: waiter = gate.waiters.popleft() */
+		/* not reached: the exception leaves release() with no task granted; the new
+		 * acquisition is this process's, and none of its tasks holds it */
+		ok = false
+	:: else ->
+		/* _gate.py:180 release: core.release() */
+		release()
+	fi
 }
 
 /* ---- sync.py Lock --------------------------------------------------------------- */

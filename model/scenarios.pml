@@ -4,7 +4,11 @@
  * Every process runs the same script (Proc), parameterized per slot:
  *   strays[i]   release() calls made without having acquired (any process may release)
  *   cycles[i]   then this many Lock.acquire() calls, each followed, if it succeeded, by
- *               release(), or by hand_off(handto[i]) and a normal exit
+ *               release(), or by hand_off(handto[i]) and a normal exit; with overs[i],
+ *               first that many in-loop handovers (the gate's release with two tasks
+ *               waiting: hand_over_lock, or a real release when it finds nothing of
+ *               this process's), then, with passes[i], possibly no release: it is left
+ *               to a process whose strays wait for it (waitpass)
  *   mode[i]     how it acquires: TRY (block=False), WAIT (a timeout that may expire),
  *               FOREVER (timeout=None), ANY (TRY or WAIT, chosen each time)
  * After its script a process stays alive, idle (a long-running service). A process with
@@ -29,6 +33,11 @@ byte cycles[NP];
 byte mode[NP];
 byte handto[NP];
 byte after[NP];             /* a slot that must be gone before this one runs its script */
+byte overs[NP];             /* in-loop handovers after each acquisition */
+bool passes[NP];            /* after them it may leave its release to another process */
+bool waitpass[NP];          /* its strays wait until a process has left it the release */
+bool gatestray[NP];         /* its strays release through the gate (gate_release) */
+bool passed = false;        /* a holder has left its release to another process */
 
 /* Slot i: pid p, start s, pid namespace n; its script. */
 inline proc(i, p, s, n, nstray, ncycle, how, killable) {
@@ -36,22 +45,30 @@ inline proc(i, p, s, n, nstray, ncycle, how, killable) {
 	key[i] = i + 1;
 	reuses[i] = NONE; alive[i] = true; mortal[i] = killable;
 	strays[i] = nstray; cycles[i] = ncycle; mode[i] = how; handto[i] = NONE;
-	after[i] = NONE
+	after[i] = NONE; overs[i] = 0; passes[i] = false; waitpass[i] = false;
+	gatestray[i] = false
 }
 
 proctype Proc(byte me) {
 	PROTOCOL_LOCALS;
 	byte n;
+	byte k;
+	bool held;
 
 end_unborn:
 	(reuses[me] == NONE || (up[reuses[me]] && !alive[reuses[me]]));
 	atomic { up[me] = true; alive[me] = true };
 end_after:
-	(after[me] == NONE || !alive[after[me]]);
+	(after[me] == NONE || !alive[after[me]]) && (!waitpass[me] || passed);
 
 	n = 0;
 	do
-	:: n < strays[me] -> n++; release(); FORGET
+	:: n < strays[me] -> n++;
+		if
+		:: gatestray[me] -> gate_release()
+		:: else -> release()
+		fi;
+		FORGET
 	:: else -> break
 	od;
 
@@ -74,7 +91,18 @@ end_after:
 			/* its exit: not a death while holding, since it handed the lock off */
 			atomic { alive[me] = false };
 			goto died
-		:: got && handto[me] == NONE -> release(); FORGET
+		:: got && handto[me] == NONE && overs[me] == 0 -> release(); FORGET
+		:: got && handto[me] == NONE && overs[me] > 0 ->
+			held = true; k = 0;
+			do
+			:: held && k < overs[me] -> k++; gate_release(); held = hv; FORGET
+			:: !held || k == overs[me] -> break
+			od;
+			if
+			:: held && passes[me] -> passed = true   /* its release is left to another */
+			:: held -> release(); FORGET
+			:: !held -> skip
+			fi
 		:: !got -> skip
 		fi
 	:: else -> break
@@ -145,6 +173,27 @@ inline setup() {
 #else
 	handto[0] = 2;
 	after[2] = 0;        /* Y releases what it is handed: once X has exited (or died) */
+#endif
+#elif defined(SC_HANDOVER)
+#ifndef HANDOVERS
+#define HANDOVERS 1
+#endif
+	/* The in-loop handover: X's task hands its acquisition to the next task of X's
+	 * loop, HANDOVERS times, and that one releases it or leaves its release to Y. Y's
+	 * task releases it through Y's gate (hand_over_lock finds another process's key: a
+	 * real, guarded release); W waits. -DHANDOVER_RACE: Y releases at any time, a
+	 * second release of an acquisition X's tasks release too (a user's error). */
+	proc(0, 1, 1, 1, 0, 1, ANY, true);
+	proc(1, 2, 1, 1, 0, 1, WAIT, true);
+	proc(2, 3, 1, 1, 1, 0, TRY, true);
+	overs[0] = HANDOVERS; gatestray[2] = true;
+#ifndef HANDOVER_RACE
+	passes[0] = true; waitpass[2] = true;
+#endif
+#ifdef LIVENESS
+	/* Only X may be killed: a release left to Y that never comes keeps the lock X's (by
+	 * design); and with W mortal, spin finds no wedge even where X holds for good. */
+	mortal[1] = false; mortal[2] = false;
 #endif
 #elif defined(SC_OTHER_NS)
 	/* N holds from pid namespace 2 (pid 1 there, no pid 1 here); the waiters of
