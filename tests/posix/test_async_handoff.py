@@ -218,3 +218,38 @@ def test_a_process_that_dies_in_a_stream_does_not_wedge_the_lock(
     assert acquisition is not None
     assert acquisition.generation > generation
     lock.release()
+
+
+class _RaisingAfterWrite:
+    """Stands in for the record's struct: writes, then raises as a signal handler may."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def pack_into(self, *args: Any) -> None:
+        self.real.pack_into(*args)
+        raise KeyboardInterrupt  # a handler's exception right after the write
+
+
+def test_a_handler_raising_inside_a_handover_leaves_the_lock_free(
+    lock_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The handover is complete once H is taken; an exception from there on must release
+    # the new acquisition, which no task holds: else the lock stays this process's.
+    from aplock._posix import handover
+
+    lock = aplock.Lock(lock_name)
+    assert lock.acquire(False)
+    generation = lock.acquisition.generation if lock.acquisition else 0
+    core = LockCore(lock_name, 0o600, None)
+    monkeypatch.setattr(handover, "_FAST_HOLD", _RaisingAfterWrite(handover._FAST_HOLD))
+    with pytest.raises(KeyboardInterrupt):
+        core.hand_over()
+    monkeypatch.undo()
+    assert not lock.locked()
+    other = aplock.Lock(lock_name)
+    assert other.acquire(False)
+    assert other.acquisition is not None
+    assert other.acquisition.generation == generation + 2
+    other.release()
+    core.close()

@@ -48,7 +48,9 @@ def hand_over_lock(h: Handle) -> bool:
     """End this process's acquisition of the lock and begin the next one, ``L`` kept.
 
     Written like ``Handle.release``'s own path: once ``H`` is taken, what it obliges is
-    done in a ``finally`` with no call before its post.
+    done in a ``finally`` with no call before its post. A signal handler's exception once
+    ``H`` is taken (the handover is then always completed) releases the new acquisition
+    before it propagates: no task was granted it, and the release asked for happened.
     """
     words = h.words
     if words[_KEY_WORD] != h.me_key:
@@ -57,15 +59,20 @@ def hand_over_lock(h: Handle) -> bool:
     now = _now()
     took = True
     try:
-        token.acquire(0)
-    except _BusyError:
-        took = False  # another releaser has it: our release finds out how it ended
-    finally:
+        try:
+            token.acquire(0)
+        except _BusyError:
+            took = False  # another releaser has it: our release finds out how it ended
+        finally:
+            if took:
+                try:
+                    _FAST_HOLD.pack_into(mm, _HOLD_AT, words[_GEN_WORD] + 1, now, me_words)
+                finally:
+                    token.release()
+    except BaseException:
         if took:
-            try:
-                _FAST_HOLD.pack_into(mm, _HOLD_AT, words[_GEN_WORD] + 1, now, me_words)
-            finally:
-                token.release()
+            h.release()  # the new acquisition, which no task holds
+        raise
     return took
 
 
