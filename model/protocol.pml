@@ -580,24 +580,25 @@ inline hand_off() {
  * the acquisition whose key it saw. Reached through LockCore.hand_over (_posix/lock.py),
  * called by the gate's release (gate_release below). */
 inline hand_over_lock() {
-	/* _posix/handover.py:54 hand_over_lock: if words[_KEY_WORD] != h.me_key: */
+	/* _posix/handover.py:56 hand_over_lock: if words[_KEY_WORD] != h.me_key: */
 	ST(fast = HANDOVER_KEY_IS_MINE; rg = r_gen);
 	took = false;
 	if
 	:: fast ->
-		/* _posix/handover.py:60 hand_over_lock: token.acquire(0) */
-		HANDOVER_TAKE(took);   /* H == 0: _posix/handover.py:61 hand_over_lock: except _BusyError: */
+		/* _posix/handover.py:63 hand_over_lock: token.acquire(0) */
+		HANDOVER_TAKE(took);   /* H == 0: _posix/handover.py:64 hand_over_lock: except _BusyError: */
 		if
 		:: took ->
-			/* _posix/handover.py:66 hand_over_lock: words[_GEN_WORD] + 1 */
+			/* _posix/handover.py:69 hand_over_lock: words[_GEN_WORD] + 1 */
 			ST(g = r_gen);
-			/* _posix/handover.py:66 hand_over_lock: _FAST_HOLD.pack_into(mm, _HOLD_AT, words[_GEN_WORD] + 1, now, me_words) */
+			/* _posix/handover.py:69 hand_over_lock: _FAST_HOLD.pack_into(mm, _HOLD_AT, words[_GEN_WORD] + 1, now, me_words) */
 			ST(r_gen = g + 1; WRITE_ME);
-			/* _posix/handover.py:68 hand_over_lock: token.release() */
+			/* _posix/handover.py:71 hand_over_lock: token.release() */
 			ST(POST_H; BEGIN_ACQ);
 			intr = false;
 			if
-			:: SIG -> intr = true   /* a handler raised in it: the finally wrote and posted */
+			:: SIG -> intr = true   /* a handler raised in it: the finally wrote and posted;
+			                         * gate_release gives the new acquisition back */
 			:: true -> skip
 			fi
 		:: else -> skip
@@ -616,10 +617,9 @@ inline gate_release() {
 	if
 	:: took && !intr -> ok = true; hv = true
 	:: took && intr ->
-		/* _gate.py:175 release: waiter = gate.waiters.popleft() */
-		/* not reached: the exception leaves release() with no task granted; the new
-		 * acquisition is this process's, and none of its tasks holds it */
-		ok = false
+		/* _posix/handover.py:74 hand_over_lock: h.release()  # the new acquisition, which no task holds */
+		/* the exception then leaves release() with no task granted, the lock released */
+		release()
 	:: else ->
 		/* _gate.py:180 release: core.release() */
 		release()
