@@ -629,7 +629,8 @@ inline gate_release() {
 /* ---- sync.py Lock --------------------------------------------------------------- */
 
 /* Lock._wait_quietly: wait in slices until taken or expired (or, with `forever`, for
- * good: timeout=None). got is whether it acquired. */
+ * good: timeout=None). got is whether it acquired. `forever` is an expression: it is
+ * used as !(forever), so that a waiter of the liveness checks never gives up. */
 inline wait_quietly(forever) {
 	done = false;
 	atomic { g_waiting[me] = true };
@@ -657,7 +658,7 @@ inline wait_quietly(forever) {
 			fi;
 			/* sync.py:202 Lock._wait_quietly: if deadline.expired(now=now): */
 			if
-			:: !done && !forever -> done = true
+			:: !done && !(forever) -> done = true
 			:: true -> skip
 			fi
 		fi
