@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from aplock._names import posix_names
 from aplock._posix import record as _state
 from aplock.startup import FileMarker
 from tests.cli.conftest import NOBODY, Run
-from tests.support import workers
+from tests.support import private_shm, workers
 from tests.support.procs import SPAWN, kill, running
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -301,21 +300,6 @@ def test_list_escapes_control_characters_but_json_keeps_the_name(lock_name: str)
 # -- clean: sweeps and run-once markers ---------------------------------------------------
 
 
-def _private_shm() -> list[str]:
-    """A command prefix that runs a command with a private, empty /dev/shm (or skip)."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("needs unshare (util-linux) for a private /dev/shm")
-    prefix = [unshare, "--mount"] if os.geteuid() == 0 else [unshare, "-r", "--mount"]
-    prefix += ["sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "sh"]
-    probe = subprocess.run(
-        [*prefix, "true"], capture_output=True, text=True, timeout=60, check=False
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a private /dev/shm: {probe.stderr.strip()}")
-    return prefix
-
-
 SWEEP = r"""
 import json, os, subprocess, sys
 import aplock
@@ -345,16 +329,7 @@ print(json.dumps(result))
 
 
 def test_a_sweep_that_refuses_locks_in_use_succeeds_and_says_so() -> None:
-    out = subprocess.run(
-        [*_private_shm(), sys.executable, "-c", SWEEP],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    result = json.loads(out.stdout)
+    result = private_shm.run_script(SWEEP)
     sweep, named = result["sweep"], result["named"]
     assert sweep["rc"] == 0, sweep
     assert "removed 'sweep.idle' and its 1 run-once marker" in sweep["out"]

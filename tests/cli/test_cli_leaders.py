@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +16,10 @@ import pytest
 import aplock
 from aplock._leader_sides import LeaderFile
 from tests.cli.conftest import Run
-from tests.cli.test_cli import _private_shm
-from tests.support import leader_workers, workers
+from tests.support import leader_workers, private_shm, workers
 from tests.support.procs import SPAWN, kill, running
 
 pytestmark = pytest.mark.timeout(90)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -276,16 +272,7 @@ print(json.dumps(result))
 
 
 def test_a_sweep_removes_stale_leader_files_and_keeps_a_live_leaders() -> None:
-    out = subprocess.run(
-        [*_private_shm(), sys.executable, "-c", SWEEP],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    result = json.loads(out.stdout)
+    result = private_shm.run_script(SWEEP)
     sweep = result["sweep"]
     assert sweep["rc"] == 0, sweep
     assert "removed 'sweep.free' and its leader file" in sweep["out"]
