@@ -141,7 +141,7 @@ def tick(*_):
 signal.signal(signal.SIGALRM, tick)
 signal.setitimer(signal.ITIMER_REAL, 0.0007, 0.0007)
 lock = aplock.Lock(sys.argv[1], recovery_interval=0.05)
-got = timeouts = early = calls = 0
+got = timeouts = early = calls = starved = 0
 with aw.board(sys.argv[2]) as words:
     end = time.monotonic() + float(sys.argv[4])
     while time.monotonic() < end:
@@ -157,12 +157,13 @@ with aw.board(sys.argv[2]) as words:
                 lock.release()
         else:
             timeouts += 1
+            starved += timeout is None  # ten seconds without the lock
             waited = time.monotonic() - start
             if timeout is not None and waited < timeout * 0.99:
                 early += 1
 signal.setitimer(signal.ITIMER_REAL, 0)
 mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-print(got, timeouts, early, ticks, len(mask))
+print(got, timeouts, early, ticks, len(mask), starved)
 """
 
 
@@ -178,7 +179,7 @@ def test_ticking_handler_on_a_waiter_while_others_churn(
     with running(aw.chaos_sync, lock_name, path, tmp, 3, 2, count=2) as churners:
         assert churners
         proc = subprocess.run(
-            [sys.executable, "-c", TICKING, lock_name, path, root, "2", tmp],
+            [sys.executable, "-c", TICKING, lock_name, path, root, "3", tmp],
             capture_output=True,
             text=True,
             timeout=100,
@@ -188,10 +189,14 @@ def test_ticking_handler_on_a_waiter_while_others_churn(
             words[aw.STOP] = 1
             violations = words[aw.VIOLATIONS]
     assert proc.returncode == 0, proc.stderr
-    got, timeouts, early, ticks, blocked = map(int, proc.stdout.split())
+    got, timeouts, early, ticks, blocked, starved = map(int, proc.stdout.split())
     print(f"\nticked waiter: {got} acquired, {timeouts} timeouts, {ticks} ticks")
     assert violations == 0
-    assert got > 10
+    # Progress beside two churners that SIGKILL holders: how many acquisitions it gets
+    # varies widely (11 to 89 in 3 s on a loaded 2-core machine), so the bar is that it
+    # keeps getting the lock and never waits ten seconds in vain.
+    assert got >= 5
+    assert starved == 0, "the ticked waiter went ten seconds without the lock"
     assert ticks > 100
     assert early == 0, "a handler that returns shortened a timed wait"
     assert blocked == 0, "signals left blocked on the main thread"
