@@ -38,6 +38,7 @@ from aplock.semaphore import BoundedSemaphore, Semaphore
 from aplock.sync import Lock
 
 from . import leaders as _leaders
+from .files import read_regular
 
 if TYPE_CHECKING:
     from .leaders import Leader
@@ -223,30 +224,16 @@ def _read_record(entry: str) -> tuple[os.stat_result, bytes | None] | None:
 
     ``None`` if the entry is gone, is not a regular file, or is not sized yet.
     """
-    path = f"{_posix.SHM_DIR}/{entry}"
-    try:
-        # O_NONBLOCK: a FIFO that happens to have a record's name must not hang the scan.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except PermissionError:
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except OSError:
-            return None
-        return (st, None) if stat.S_ISREG(st.st_mode) else None
-    except OSError:
-        return None  # gone since the listing, a link, or something else that is no record
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < _state.SIZE:
+
+    def whole(fd: int, st: os.stat_result) -> bytes | None:
+        if st.st_size < _state.SIZE:
             return None  # not sized yet by its creator
         # A lock's record is _state.SIZE bytes, a semaphore's _slots.SIZE: read either whole.
         size = min(st.st_size, max(_state.SIZE, _slots.SIZE))
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm:
-            return st, bytes(mm)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+            return bytes(mm)
+
+    return read_regular(f"{_posix.SHM_DIR}/{entry}", whole)
 
 
 def _lock_at(entry: str, users: dict[str, list[int]]) -> HostLock | None:

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import os
-import stat
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -29,6 +28,8 @@ from aplock._leader_sides import LEADER_SUFFIX
 from aplock._posix import ipc as _posix
 from aplock._posix.identity import Identity, identity, judge
 from aplock.errors import LockPermissionError, LockUnavailableError
+
+from .files import read_regular
 
 #: The most a leader file is read of: a record with the longest name, escaped, fits.
 MAX_SIZE = 64 * 1024
@@ -94,29 +95,12 @@ def read(base: str) -> Leader | None:
     *pid* ``None``; a FIFO or a link of that name is no leader file.
     """
     path = path_of(base)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except PermissionError:
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except OSError:
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return Leader(path, st.st_uid, "", None, None, None, file_id=(st.st_dev, st.st_ino))
-    except OSError:
+    found = read_regular(path, lambda fd, st: os.read(fd, MAX_SIZE + 1))
+    if found is None:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        data = os.read(fd, MAX_SIZE + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    st, data = found
     unread = Leader(path, st.st_uid, "", None, None, None, file_id=(st.st_dev, st.st_ino))
-    if len(data) > MAX_SIZE:
+    if data is None or len(data) > MAX_SIZE:
         return unread
     try:
         record = json.loads(data.decode("utf-8", "surrogatepass"))
