@@ -114,13 +114,26 @@ class _Term:
 class _Handover:
     """A thread's wait for a lock, and whether its task still wants what it gets."""
 
-    __slots__ = ("abandoned", "delivered", "finished", "mutex")
+    __slots__ = ("abandoned", "delivered", "finished", "mutex", "started")
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
         self.abandoned = False
+        self.started = False
         self.delivered = False
         self.finished = False
+
+    def start(self) -> bool:
+        """Whether the thread may wait: its task has not given up on it yet."""
+        with self.mutex:
+            self.started = not self.abandoned
+            return self.started
+
+    def abandon(self) -> tuple[bool, bool]:
+        """The task gives up: (whether the thread had started, whether it got the lock)."""
+        with self.mutex:
+            self.abandoned = True
+            return self.started, self.delivered
 
     def is_abandoned(self) -> bool:
         return self.abandoned
@@ -300,6 +313,8 @@ class AsyncLeadership(Campaign):
         hand = _Handover()
 
         def wait() -> int | None:
+            if not hand.start():
+                return None
             try:
                 while True:
                     got, took_over_from = side.wait(hand.is_abandoned)
@@ -319,16 +334,16 @@ class AsyncLeadership(Campaign):
                 wait, abandon_on_cancel=True, limiter=self._limiter
             )
         except BaseException:
-            with hand.mutex:
-                hand.abandoned = True
-                delivered = hand.delivered
+            started, delivered = hand.abandon()
             if delivered:  # the thread got it as the task was cancelled: give it back
                 side.release()
-            # Within a slice the thread sees it and ends: once this returns, nothing of
-            # this leadership can take the lock any more.
-            with anyio.CancelScope(shield=True):
-                while not hand.finished:
-                    await anyio.sleep(0.002)
+            # A thread that had not started never will wait (a cancelled call may never
+            # run at all); one that had sees it within a slice and ends: once this
+            # returns, nothing of this leadership can take the lock any more.
+            if started:
+                with anyio.CancelScope(shield=True):
+                    while not hand.finished:
+                        await anyio.sleep(0.002)
             raise
 
     async def _lead(self, won: Won) -> Raised | str:

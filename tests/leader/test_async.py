@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aplock
@@ -294,6 +295,26 @@ async def test_leaving_while_standing_by_or_settling_is_prompt(leader_name: str)
         await anyio.sleep(0.2)
     assert jobs.log == []
     assert not blocker.locked()
+
+
+async def test_leaving_just_as_the_wait_for_the_lock_begins_is_prompt(leader_name: str) -> None:
+    # Left k event-loop steps after entering: at some k the thread's call is cancelled
+    # before a worker thread ran it, so it never runs; leaving must not wait for it.
+    jobs = Jobs()
+    blocker = aplock.Lock(leader_name)
+    blocker.acquire()
+    for steps in range(10):
+        for _ in range(5):
+            began = time.monotonic()
+            with anyio.fail_after(WAIT):  # a hang is caught by the test's timeout
+                async with AsyncLeadership(leader_name, jobs.job("a")):
+                    for _ in range(steps):
+                        await anyio.lowlevel.checkpoint()
+            assert time.monotonic() - began < 1, steps
+    blocker.release()
+    await anyio.sleep(0.05)
+    assert not blocker.locked()  # no abandoned wait took it afterwards
+    assert jobs.log == []
 
 
 async def test_an_outer_cancellation_ends_everything(leader_name: str) -> None:
