@@ -14,9 +14,32 @@ import pytest
 import aplock
 
 SHM = "/dev/shm"
-#: Tags this run's lock names, so that its checks ignore other runs on the same host.
-SESSION = uuid.uuid4().hex[:8]
+#: Tags this run's lock names, so that its checks ignore other runs on the same host;
+#: the workers of a ``pytest -n`` run share their controller's.
+RUN = uuid.uuid4().hex[:8]
+#: Tags this process's lock names: ``RUN``, and in a worker of ``pytest -n`` its id, so
+#: that a test's own leak check ignores what tests of other workers do meanwhile.
+SESSION = RUN
 _at_start: set[str] = set()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a worker of ``pytest -n``: take the run's tag from the controller."""
+    global RUN, SESSION  # set before any test module imports them
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        RUN = workerinput["aplock_run"]
+        SESSION = f"{RUN}w{workerinput['workerid'].removeprefix('gw').zfill(3)}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """In the controller of ``pytest -n``: give every worker the run's tag."""
+    node.workerinput["aplock_run"] = RUN
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 def aplock_objects() -> set[str]:
@@ -29,8 +52,9 @@ def aplock_objects() -> set[str]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Remember what was in /dev/shm before the run."""
-    _at_start.update(aplock_objects())
+    """Remember what was in /dev/shm before the run (its controller's, with ``-n``)."""
+    if not _is_worker(session.config):
+        _at_start.update(aplock_objects())
 
 
 @pytest.fixture(autouse=True)
@@ -63,14 +87,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     Lock names in tests carry ``SESSION``, and so does the readable part of their POSIX
     names: objects without it belong to other programs or other runs on the host, and
-    only get a note in the summary.
+    only get a note in the summary. With ``-n``, the controller checks, once every worker
+    has ended.
     """
+    if _is_worker(session.config):
+        return
     new = aplock_objects() - _at_start
-    ours = sorted(e for e in new if SESSION in e)
+    ours = sorted(e for e in new if RUN in e)
     fails = bool(ours) and session.exitstatus == pytest.ExitCode.OK
     if fails:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    others = sorted(e for e in new if SESSION not in e)
+    others = sorted(e for e in new if RUN not in e)
     session.config.stash[_LEFTOVERS] = Leftovers(ours, others, fails)
 
 
@@ -87,13 +114,13 @@ def pytest_terminal_summary(
         write(
             ("every test passed, but this run fails: " if left.failed_the_run else "")
             + f"this run's tests (or their child processes) left {len(left.ours)} aplock "
-            f"objects in {SHM}, named with this run's session tag {SESSION!r}. A session- "
+            f"objects in {SHM}, named with this run's session tag {RUN!r}. A session- "
             "or module-scoped fixture, or a child process that outlived its test, did not "
             "unlink its lock:"
         )
         for entry in left.ours:
             write(f"  {entry}")
-        write(f"remove them with: rm {SHM}/*{SESSION}*")
+        write(f"remove them with: rm {SHM}/*{RUN}*")
     if left.others:
         write(
             f"note: {len(left.others)} aplock objects appeared in {SHM} during the run "

@@ -55,11 +55,16 @@ def test_passes(left_by_a_child):
 """
 
 
-def inner_run(pytester: pytest.Pytester) -> pytest.RunResult:
+def inner_run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     pytester.makeconftest(CONFTEST.read_text())
     pytester.makepyfile(test_inner=INNER_TESTS)
     return pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function", timeout=120
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+        *args,
+        timeout=120,
     )
 
 
@@ -85,15 +90,17 @@ def test_objects_of_other_programs_do_not_fail_the_run(
     result.stdout.fnmatch_lines(["*without this run's session tag*not counted*"])
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "two-workers"])
 def test_objects_left_by_this_run_fail_it_and_say_why(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: list[str]
 ) -> None:
+    # With -n, a worker's leftover is the run's: the controller finds it once all ended.
     tag = f"{SESSION}-{uuid.uuid4().hex[:8]}"
     other = f"other-program.{SESSION}.{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("LEAK_TAG", tag)
     monkeypatch.setenv("OTHER_PROGRAM_LOCK", other)
     try:
-        result = inner_run(pytester)
+        result = inner_run(pytester, *workers)
     finally:
         remove_objects_containing(tag)
         aplock.unlink(other)
