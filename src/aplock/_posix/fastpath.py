@@ -18,7 +18,6 @@ import weakref
 from typing import TYPE_CHECKING
 
 from . import ipc as _posix
-from . import record as _state
 from .handle import Handle
 
 if TYPE_CHECKING:
@@ -31,7 +30,6 @@ except ImportError:  # not built (no compiler at install time), or not this plat
 
 #: The environment variable that selects the pure-Python path.
 PURE_ENV = "APLOCK_PURE"
-_OWED_WORD = _state.OWED_WORD
 
 
 def built() -> bool:
@@ -97,39 +95,16 @@ class FastHandle(Handle):
     def take(self, seconds: float) -> int | None:
         """``Handle.take``, with the slice (wait ``L``, write ``R``, post ``H``) one C call.
 
-        Signals are deferred on the main thread as in ``Handle.take``, and a handler
-        pending once the lock is taken makes it give the lock back.
+        Signals are not deferred, unlike ``Handle.take`` (whose posix_ipc wait would
+        swallow a handler's exception): a signal interrupts the C wait, which then
+        returns ``None`` holding nothing, and its handler runs at the waiter's next
+        step, before the next slice. One that comes once ``L`` is taken finds no step
+        between the subscript and ``acquire()``'s return where a handler runs, so it
+        runs after ``acquire()`` returned ``True``, as after any acquisition.
         """
         if not _posix.HAS_TIMEDWAIT:
             return self._poll(seconds)
-        words = self.words
-        old = _posix.defer_signals()
-        generation: int | None = None
-        try:
-            try:
-                generation = self.fast[seconds]  # a subscript: see try_take
-                # A handler that runs once signals are unblocked may raise: if one is
-                # pending, give the lock back (as Handle.take does).
-                pending = old is not None and _posix.handled_signal_pending(old)
-                if generation is not None and pending:
-                    taken, generation = generation, None
-                    words[_OWED_WORD] = taken
-                    self.give_back(taken - 1)
-            except BaseException:
-                if generation is not None:
-                    words[_OWED_WORD] = generation
-                    self.give_back(generation - 1)
-                raise
-        finally:
-            if old is not None:
-                try:
-                    _posix.restore_signals(old)
-                except BaseException:
-                    if generation is not None:
-                        words[_OWED_WORD] = generation
-                        self.give_back(generation - 1)
-                    raise
-        return generation
+        return self.fast[seconds]  # a subscript: see try_take
 
     def release(self) -> None:
         """``Handle.release``: the own acquisition in C, any other through the guard."""
