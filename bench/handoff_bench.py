@@ -114,11 +114,11 @@ def targets(rows: Rows) -> list[Target]:
         ratio_target(
             rows,
             NAME,
-            f"handoff latency ({variant}) <= 1.5x raw posix_ipc",
+            f"handoff latency ({variant}) <= 1.2x raw posix_ipc",
             variant,
             "posix_ipc",
             "us_median",
-            at_most=1.5,
+            at_most=1.2,
         )
         for variant in (SAME, TWO)
         if (variant, "posix_ipc") in rows

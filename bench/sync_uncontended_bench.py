@@ -49,11 +49,11 @@ def targets(rows: Rows) -> list[Target]:
         ratio_target(
             rows,
             NAME,
-            "sync uncontended pair <= 3x raw posix_ipc",
+            "sync uncontended pair <= 1.5x raw posix_ipc",
             "",
             "posix_ipc",
             "ns_per_pair",
-            at_most=3.0,
+            at_most=1.5,
         ),
     ]
 

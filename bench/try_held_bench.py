@@ -70,11 +70,11 @@ def targets(rows: Rows) -> list[Target]:
         ratio_target(
             rows,
             NAME,
-            "try-acquire of a held lock <= 2x multiprocessing.Lock",
+            "try-acquire of a held lock <= 1.5x multiprocessing.Lock",
             "",
             "mp.Lock",
             "ns_per_try",
-            at_most=2.0,
+            at_most=1.5,
         ),
     ]
 
