@@ -2,8 +2,11 @@
 
 A metric with a ratio gets one bar per peer (per variant): aplock's time per operation
 divided by the peer's, on a log scale around 1, so that every panel reads the same way
-whether its figure is a time or a throughput (< 1: aplock is faster). A metric whose
-figure is a count that must be zero (such as leaks) gets the counts themselves.
+whether its figure is a time or a throughput (< 1: aplock is faster). Where the run has
+a row of aplock on its pure-Python path (variant ``pure path``, or ``N=8, pure path``
+beside ``N=8``), the panel shows that path against the same peers too, in lighter bars.
+A metric whose figure is a count that must be zero (such as leaks) gets the counts
+themselves.
 
 The figure is drawn from the JSON a run writes (``_report.to_json``), so a saved run can
 be drawn again later. matplotlib is imported only here, and only when a figure is drawn.
@@ -28,6 +31,10 @@ TIMES = "\N{MULTIPLICATION SIGN}"
 SLOWER = "#c44e52"
 FASTER = "#55a868"
 COUNT = "#8c8c8c"
+#: The variant of aplock's rows on its pure-Python path (``bench.sync_uncontended_bench``).
+PURE = "pure path"
+#: How opaque the bars of the pure path are.
+PURE_ALPHA = 0.45
 
 
 class PlotError(Exception):
@@ -75,10 +82,40 @@ def _positions(rows: list[dict[str, Any]]) -> list[float]:
     return ys
 
 
-def _shown(metric: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows a panel draws: the peers for a ratio, every row for a count."""
+def _is_pure(row: dict[str, Any]) -> bool:
+    return bool(row.get("pure"))
+
+
+def _pure_rows(metric: dict[str, Any]) -> list[dict[str, Any]]:
+    """aplock's pure path against the peers of the compiled path's variant.
+
+    The ratio is made as the run makes aplock's: the pure row's primary figure over the
+    peer's, in the same run.
+    """
+    key = metric["primary"]
     rows: list[dict[str, Any]] = metric["rows"]
-    return [r for r in rows if r["peer"] != SUBJECT] if metric["show_ratio"] else rows
+    out = []
+    for pure in rows:
+        if pure["peer"] != SUBJECT or not pure["variant"].endswith(PURE):
+            continue
+        base = pure["variant"].removesuffix(PURE).removesuffix(", ")
+        mine = (pure["values"] or {}).get(key)
+        for row in rows:
+            theirs = (row["values"] or {}).get(key)
+            if row["variant"] != base or row["peer"] == SUBJECT or not mine or not theirs:
+                continue
+            variant = f"{base}, {PURE}" if base else PURE
+            out.append({**row, "variant": variant, "ratio": mine / theirs, "pure": True})
+    return out
+
+
+def shown_rows(metric: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a panel draws: the peers (and the pure path's) for a ratio, every row
+    for a count."""
+    rows: list[dict[str, Any]] = metric["rows"]
+    if not metric["show_ratio"]:
+        return rows
+    return [r for r in rows if r["peer"] != SUBJECT] + _pure_rows(metric)
 
 
 def _rows_axis(ax: Axes, rows: list[dict[str, Any]], ys: list[float], extent: float) -> None:
@@ -87,11 +124,13 @@ def _rows_axis(ax: Axes, rows: list[dict[str, Any]], ys: list[float], extent: fl
     for tick, row in zip(ax.get_yticklabels(), rows, strict=True):
         if row["peer"] == SUBJECT:
             tick.set_fontweight("bold")
+        if _is_pure(row):
+            tick.set_fontstyle("italic")
     ax.set_ylim(extent - 0.4, -0.6)
 
 
 def _ratio_panel(ax: Axes, metric: dict[str, Any], extent: float) -> None:
-    rows = _shown(metric)
+    rows = shown_rows(metric)
     values = [relative_time(metric, r) for r in rows]
     ys = _positions(rows)
     known = [v for v in values if v is not None]
@@ -99,12 +138,13 @@ def _ratio_panel(ax: Axes, metric: dict[str, Any], extent: float) -> None:
     pad = 10 ** (0.25 * math.log10(hi / lo) + 0.35)
     ax.set_xscale("log")
     ax.set_xlim(lo / pad, hi * pad)
-    for y, value in zip(ys, values, strict=True):
+    for y, value, row in zip(ys, values, rows, strict=True):
         if value is None:
             ax.text(1.0, y, "  n/a", va="center", ha="left", fontsize=8, color=COUNT)
             continue
         color = SLOWER if value > 1 else FASTER
-        ax.barh(y, value - 1, left=1.0, height=0.8, color=color)
+        alpha = PURE_ALPHA if _is_pure(row) else 1.0
+        ax.barh(y, value - 1, left=1.0, height=0.8, color=color, alpha=alpha)
         side = 1.12 if value >= 1 else 1 / 1.12
         ax.text(
             value * side,
@@ -120,7 +160,7 @@ def _ratio_panel(ax: Axes, metric: dict[str, Any], extent: float) -> None:
 
 
 def _count_panel(ax: Axes, metric: dict[str, Any], extent: float) -> None:
-    rows = _shown(metric)
+    rows = shown_rows(metric)
     key = metric["primary"]
     values = [(r["values"] or {}).get(key) for r in rows]
     ys = _positions(rows)
@@ -137,7 +177,7 @@ def _count_panel(ax: Axes, metric: dict[str, Any], extent: float) -> None:
 
 def _extent(metric: dict[str, Any]) -> float:
     """How many row heights a metric's panel needs."""
-    ys = _positions(_shown(metric))
+    ys = _positions(shown_rows(metric))
     return ys[-1] + 1 if ys else 1.0
 
 
@@ -205,6 +245,10 @@ def plot(data: dict[str, Any], path: Path) -> Path:
         Patch(color=FASTER, label="aplock faster than the peer"),
         Patch(color=SLOWER, label="aplock slower than the peer"),
     ]
+    if any(_pure_rows(m) for m in metrics if m["show_ratio"]):
+        handles.append(
+            Patch(color=SLOWER, alpha=PURE_ALPHA, label="aplock's pure-Python path (italic rows)")
+        )
     if any(not m["show_ratio"] for m in metrics):
         handles.append(Patch(color=COUNT, label="a count that must be 0 (aplock's rows in bold)"))
     fig.legend(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench._plot import relative_time
+from bench._plot import relative_time, shown_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +62,12 @@ RESULTS: dict[str, Any] = {
         ),
         "throughput": _metric(
             "2. throughput (ops/s, higher is better)",
-            [_row("", "aplock", 100.0, None), _row("", "mp.Lock", 400.0, 0.25)],
+            [
+                _row("", "aplock", 100.0, None),
+                _row("", "mp.Lock", 400.0, 0.25),
+                _row("", "posix_ipc", 200.0, 0.5),
+                _row("pure path", "aplock", 50.0, None),
+            ],
             higher_is_better=True,
         ),
         "leaks": _metric(
@@ -157,3 +162,21 @@ def test_ratios_read_as_aplock_time_over_the_peer_time() -> None:
     # 100 ops/s against 400: aplock takes four times as long per operation.
     assert relative_time(throughput, throughput["rows"][1]) == 4.0
     assert relative_time(latency, latency["rows"][0]) is None
+
+
+def test_the_pure_path_is_drawn_against_the_same_peers() -> None:
+    latency, throughput = RESULTS["metrics"]["latency"], RESULTS["metrics"]["throughput"]
+    assert [(r["variant"], r["peer"]) for r in shown_rows(latency)] == [
+        ("one CPU", "posix_ipc"),
+        ("one CPU", "filelock"),
+        ("two CPUs", "posix_ipc"),
+    ]
+    rows = shown_rows(throughput)
+    assert [(r["variant"], r["peer"], r.get("pure", False)) for r in rows] == [
+        ("", "mp.Lock", False),
+        ("", "posix_ipc", False),
+        ("pure path", "mp.Lock", True),
+        ("pure path", "posix_ipc", True),
+    ]
+    # 50 ops/s on the pure path against 400 and 200: 8 and 4 times as long per operation.
+    assert [relative_time(throughput, r) for r in rows[2:]] == [8.0, 4.0]
