@@ -83,6 +83,40 @@ def test_an_interrupted_wait_never_leaves_signals_blocked_stress(lock_name: str)
     assert not bad_outcomes(outcomes), outcomes
 
 
+def interrupted_contended(
+    name: str, seconds: float, to: str, path: str = "default"
+) -> dict[str, int]:
+    return hammer_with_signals(aw.interrupted_contended_acquires, name, seconds, to, path)
+
+
+@pytest.mark.parametrize("to", ["main", "thread"])
+def test_an_interrupted_contended_acquire_holds_nothing(lock_name: str, to: str) -> None:
+    # Most of these acquires wait (another process keeps taking the lock): on the
+    # compiled path, that is the C wait with no signal deferral around it. A signal to
+    # the main thread interrupts the wait; one another thread takes leaves its handler
+    # pending, to run at the first point after the take where a handler can run.
+    outcomes = interrupted_contended(lock_name, 1.5, to)
+    interrupted = sum(n for k, n in outcomes.items() if k not in ("calls", "compiled path"))
+    assert interrupted > 20, "too few interruptions"
+    assert not bad_outcomes(outcomes), outcomes
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", ["default", "pure"])
+@pytest.mark.parametrize("to", ["main", "thread"])
+def test_an_interrupted_contended_acquire_holds_nothing_stress(
+    lock_name: str, to: str, path: str
+) -> None:
+    # On the pure path with the signal taken by another thread, this wedged the lock
+    # (half of the 1.5 s runs): a handler's exception right after the guard's flock()
+    # returned left the guard locked by a live process, so no waiter could settle.
+    outcomes = interrupted_contended(lock_name, 40, to, path)
+    interrupted = sum(n for k, n in outcomes.items() if k not in ("calls", "compiled path"))
+    assert interrupted > 10_000, "too few interruptions"
+    assert not bad_outcomes(outcomes), outcomes
+
+
 PENDING = """
 import os, signal, sys, time, aplock
 lock = aplock.Lock(sys.argv[1])

@@ -301,6 +301,111 @@ def interrupted_calls(name: str, mode: str, seconds: float, conn: Any) -> None:
     conn.send(outcomes)
 
 
+def _contend(name: str, stop: mmap.mmap) -> None:
+    """Take and give back lock *name*, holding it ~100 us each time, until *stop*'s first
+    byte is set."""
+    lock = aplock.Lock(name)
+    while not stop[0]:
+        lock.acquire()
+        until = time.perf_counter() + 0.0001
+        while time.perf_counter() < until:
+            pass
+        lock.release()
+        time.sleep(0)  # let the other side in
+
+
+def interrupted_contended_acquires(
+    name: str, seconds: float, to: str, path: str, conn: Any
+) -> None:
+    """Acquire a lock another process keeps taking, while the parent sends SIGUSR1.
+
+    *to*: ``main`` (the signal interrupts the main thread's wait) or ``thread`` (the main
+    thread blocks it, another thread takes it: its handler runs in the main thread at the
+    next point where CPython runs handlers, wherever that is, the wait going on).
+    *path*: ``pure`` puts this process on the pure-Python path, ``default`` leaves it as
+    the environment says.
+
+    An acquire that a handler's exception interrupts must hold nothing: once the
+    exception is caught, this process may hold the lock only if ``acquire()`` had
+    returned (``mine``: set with no call, so with no point where a handler runs, right
+    after it returns), or if the acquisition is marked owed (a second handler raised
+    while the first one's was being given back: the next waiter frees it). Sends
+    ``"ready"``, then a dict of outcomes.
+    """
+    global ARMED
+    if path == "pure":
+        os.environ["APLOCK_PURE"] = "1"  # a spawned child: its handles are opened below
+    stop = mmap.mmap(-1, 1)
+    other = os.fork()  # this process is a daemon of multiprocessing: no Process of its own
+    if other == 0:
+        try:
+            _contend(name, stop)
+        finally:
+            os._exit(0)
+    signal.signal(signal.SIGUSR1, _interrupt)
+    if to == "thread":
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    lock = aplock.Lock(name)
+    h = handle_of(lock)
+    outcomes: dict[str, int] = {"compiled path": int(lock._f is not None)}
+    conn.send("ready")
+    end = time.monotonic() + seconds
+    calls = 0
+    try:
+        while time.monotonic() < end:
+            calls += 1
+            mine = False
+            waits = lock.locked()  # then this acquire most likely waits
+            try:
+                ARMED = True
+                lock.acquire()
+                mine = True
+                lock.release()
+                ARMED = False
+            except Interrupted:
+                ARMED = False
+                words = h.words
+                held = h.snapshot().pid == os.getpid() and h.sem.value == 0
+                owed = held and words[_state.OWED_WORD] == words[_state.GENERATION_WORD]
+                key = "after acquire() returned" if mine else "in acquire()"
+                if mine:
+                    if held:  # else the release was done
+                        lock.release()
+                elif owed:
+                    key = "in acquire(), left owed"  # the contender frees it
+                elif held:
+                    lock.release()
+                    key = "LOST: held after an interrupted acquire()"
+                elif waits:
+                    key = "in a waiting acquire()"
+                outcomes[key] = outcomes.get(key, 0) + 1
+            time.sleep(0)  # let the other side in
+    finally:
+        ARMED = False
+        stop[0] = 1
+        if not _reaped(other, 10):  # it waits for a lock that nobody will release
+            words = h.words
+            state = (h.sem.value, h.token.value, h.snapshot().pid == os.getpid())
+            debts = (words[_state.OWED_WORD], words[_state.GENERATION_WORD])
+            outcomes[f"WEDGED: (L, H, mine) {state}, (owed, generation) {debts}"] = 1
+            os.kill(other, signal.SIGKILL)
+            os.waitpid(other, 0)
+            reset(lock)
+    outcomes["calls"] = calls
+    conn.send(outcomes)
+
+
+def _reaped(pid: int, seconds: float) -> bool:
+    """Wait up to *seconds* for child *pid* to exit; whether it did (and was reaped)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 # -- misc ----------------------------------------------------------------------------
 
 

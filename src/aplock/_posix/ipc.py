@@ -367,20 +367,27 @@ class Guard:
             if not self._thread_lock.acquire(block):
                 yield False
                 return
+            # Held from before the flock() call: a handler's exception right after it
+            # returns (a signal that another thread took runs its handler here, on the
+            # main thread, deferred or not) must not leave the guard locked for good.
+            # Unlocking a guard this process does not hold does nothing.
+            locked = True
             try:
                 try:
                     fcntl.flock(self._fd, fcntl.LOCK_EX if block else fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:
+                    locked = False
                     if not block and exc.errno in _BUSY:
                         yield False
                         return
                     raise _os_error(self._name, exc, "taking its guard") from None
-                try:
-                    yield True
-                finally:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                yield True
             finally:
-                self._thread_lock.release()
+                try:
+                    if locked:
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
+                finally:
+                    self._thread_lock.release()
 
 
 class FailedGuard:
