@@ -303,9 +303,10 @@ def interrupted_calls(name: str, mode: str, seconds: float, conn: Any) -> None:
 
 def _contend(name: str, stop: mmap.mmap) -> None:
     """Take and give back lock *name*, holding it ~100 us each time, until *stop*'s first
-    byte is set."""
+    byte is set or the process that forked this one is gone."""
     lock = aplock.Lock(name)
-    while not stop[0]:
+    parent = os.getppid()
+    while not stop[0] and os.getppid() == parent:
         lock.acquire()
         until = time.perf_counter() + 0.0001
         while time.perf_counter() < until:
