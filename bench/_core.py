@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 #: The peer every ratio is taken from: ``aplock value / peer value``.
 SUBJECT = "aplock"
+#: The variant of aplock's rows on its pure-Python path (the others: its compiled path);
+#: a metric with other variants names it ``<variant>, pure path``.
+PURE_VARIANT = "pure path"
 
 Agg = Literal["median", "sum", "max", "min"]
 JSONValue = Any
@@ -217,12 +220,20 @@ def ratio_target(
     at_most: float | None = None,
     at_least: float | None = None,
 ) -> Target:
-    """A target of the form ``aplock/peer <= at_most`` (or ``>= at_least``)."""
-    value = ratio(rows, variant, peer, key)
-    if value is None:
+    """A target of the form ``aplock/peer <= at_most`` (or ``>= at_least``).
+
+    It is judged as ``aplock <= at_most * peer`` (or ``>=``), so that a peer's 0 (a
+    fairness of 0 in a short run, say) still gives an answer.
+    """
+    mine = rows.get((variant, SUBJECT), {}).get(key)
+    theirs = rows.get((variant, peer), {}).get(key)
+    if mine is None or theirs is None:
         return Target(metric, text, "n/a", None)
-    met = (at_most is None or value <= at_most) and (at_least is None or value >= at_least)
-    return Target(metric, text, f"{value:.2f}x", met)
+    met = (at_most is None or mine <= at_most * theirs) and (
+        at_least is None or mine >= at_least * theirs
+    )
+    shown = f"{mine / theirs:.2f}x" if theirs else f"{mine:.3g} (the peer's: 0)"
+    return Target(metric, text, shown, met)
 
 
 def value_target(

@@ -19,6 +19,7 @@ import math
 import textwrap
 from typing import TYPE_CHECKING, Any
 
+from ._core import PURE_VARIANT as PURE
 from ._core import SUBJECT
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ TIMES = "\N{MULTIPLICATION SIGN}"
 SLOWER = "#c44e52"
 FASTER = "#55a868"
 COUNT = "#8c8c8c"
-#: The variant of aplock's rows on its pure-Python path (``bench.sync_uncontended_bench``).
-PURE = "pure path"
 #: How opaque the bars of the pure path are.
 PURE_ALPHA = 0.45
 

@@ -13,10 +13,10 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from ._core import Case, Field, Metric, Mode, Rows, Target, ratio_target
+from ._core import PURE_VARIANT, Case, Field, Metric, Mode, Rows, Target, ratio_target
 from ._measure import race, shared_words, workdir
 from ._sync_peers import NOTES, PEERS
-from .sync_uncontended_bench import PURE_VARIANT, select_path
+from .sync_uncontended_bench import select_path
 
 if TYPE_CHECKING:
     from ._sync_peers import Context
@@ -89,7 +89,15 @@ def targets(rows: Rows) -> list[Target]:
             "ops_per_s",
             at_least=0.6,
         ),
-        _fairness_target(rows),
+        ratio_target(
+            rows,
+            NAME,
+            "contended N=8 fairness >= 0.8x raw posix_ipc's",
+            "N=8",
+            "posix_ipc",
+            "fairness",
+            at_least=0.8,
+        ),
     ]
     lost = [
         rows[(f"N={n}", "aplock")]["lost_updates"] for n in COUNTS if (f"N={n}", "aplock") in rows
@@ -103,18 +111,6 @@ def targets(rows: Rows) -> list[Target]:
         )
     )
     return out
-
-
-def _fairness_target(rows: Rows) -> Target:
-    """aplock's fairness at N=8 at least 0.8 of raw posix_ipc's (met if raw's is 0: one
-    of its processes got nothing, which a short run can give)."""
-    text = "contended N=8 fairness >= 0.8x raw posix_ipc's"
-    mine = rows.get(("N=8", "aplock"), {}).get("fairness")
-    theirs = rows.get(("N=8", "posix_ipc"), {}).get("fairness")
-    if mine is None or theirs is None:
-        return Target(NAME, text, "n/a", None)
-    shown = f"{mine / theirs:.2f}x" if theirs else f"{mine:.2f} (raw: 0)"
-    return Target(NAME, text, shown, mine >= 0.8 * theirs)
 
 
 METRIC = Metric(

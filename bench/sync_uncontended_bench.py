@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 
-from ._core import Case, Field, Metric, Mode, Rows, Target, ratio_target
+from ._core import PURE_VARIANT, Case, Field, Metric, Mode, Rows, Target, ratio_target
 from ._measure import median, per_op_ns, workdir
 from ._sync_peers import NOTES, PEERS
 
 NAME = "sync_uncontended"
-#: The variant of aplock's row on its pure-Python path (the others: its compiled path).
-PURE_VARIANT = "pure path"
 
 
 def select_path(case: Case) -> None:

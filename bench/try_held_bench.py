@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ._core import Case, Field, Metric, Mode, Rows, Target, ratio_target
+from ._core import PURE_VARIANT, Case, Field, Metric, Mode, Rows, Target, ratio_target
 from ._measure import forked, median, per_op_ns, workdir
 from ._sync_peers import NOTES, PEERS
-from .sync_uncontended_bench import PURE_VARIANT, select_path
+from .sync_uncontended_bench import select_path
 
 if TYPE_CHECKING:
     from ._sync_peers import Context

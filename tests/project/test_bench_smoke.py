@@ -100,3 +100,15 @@ def test_targets_are_judged(smoke_run: dict[str, Any]) -> None:
     targets = [t for m in smoke_run["metrics"].values() for t in m["targets"]]
     assert len(targets) >= 10
     assert all(t["met"] is not None for t in targets)
+
+
+def test_a_ratio_target_is_judged_when_the_peer_gives_zero() -> None:
+    from bench._core import ratio_target
+
+    rows = {("N=8", "aplock"): {"f": 0.5}, ("N=8", "raw"): {"f": 0.0}}
+    at_least = ratio_target(rows, "m", "t", "N=8", "raw", "f", at_least=0.8)
+    at_most = ratio_target(rows, "m", "t", "N=8", "raw", "f", at_most=1.5)
+    assert (at_least.met, at_most.met) == (True, False)
+    rows[("N=8", "raw")] = {"f": 1.0}
+    assert ratio_target(rows, "m", "t", "N=8", "raw", "f", at_least=0.8).met is False
+    assert ratio_target(rows, "m", "t", "N=8", "raw", "f", at_most=0.5).measured == "0.50x"
